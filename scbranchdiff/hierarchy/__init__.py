@@ -1,0 +1,17 @@
+"""Class hierarchies over diffusion time: the `Hierarchy` value type and its discovery from data.
+
+Pure numpy / scipy / pandas: importable without torch.
+"""
+
+from ._discovery import crossover_times, discover_hierarchy, fit_split_times
+from ._hierarchy import Branch, Hierarchy
+from ._topology import Topology
+
+__all__ = [
+    "Branch",
+    "Hierarchy",
+    "Topology",
+    "crossover_times",
+    "discover_hierarchy",
+    "fit_split_times",
+]

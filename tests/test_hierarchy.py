@@ -1,0 +1,359 @@
+"""Behaviour of the `Hierarchy` value type: lookup, validation, serialisation, topologies."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scbranchdiff.hierarchy as hierarchy_package
+from scbranchdiff.hierarchy import Branch, Hierarchy, Topology
+
+TREG = "CD4+/CD25 T Reg"
+
+
+@pytest.fixture
+def pbmc_like() -> Hierarchy:
+    """(((TREG, CD8) B) (Mono DC)) with a name that needs quoting in Newick."""
+    topology = Topology.from_nested(
+        {"lymphoid": {"T": [TREG, "CD8"], "B": None}, "myeloid": ["Mono", "DC"]}
+    )
+    times = {
+        frozenset(topology.classes): 0.6,
+        frozenset([TREG, "CD8", "B"]): 0.4,
+        frozenset([TREG, "CD8"]): 0.2,
+        frozenset(["Mono", "DC"]): 0.3,
+    }
+    return Hierarchy.from_topology(topology, times)
+
+
+def path_lookup(h: Hierarchy, class_idx: int, t: float) -> int:
+    """The obvious (slow) lookup: walk the class's path for the branch holding t."""
+    t = min(max(t, 0.0), 1.0)
+    for b in h.path(h.classes[class_idx]):
+        branch = h.branches[b]
+        if branch.t_start <= t < branch.t_end or (t == 1.0 and branch.t_end == 1.0):
+            return b
+    raise AssertionError("no branch found")
+
+
+# ---------------------------------------------------------------------- random hierarchies
+@st.composite
+def hierarchies(draw: st.DrawFn) -> Hierarchy:
+    """Random trees (binary or multifurcating, 1-9 classes) with random split times."""
+    n = draw(st.integers(1, 9))
+    names = [f"type {i}" if i % 2 else f"t{i}" for i in range(n)]
+    nodes_tree: list = list(names)
+    while len(nodes_tree) > 1:
+        k = draw(st.integers(2, min(3, len(nodes_tree))))
+        picked = sorted(draw(st.permutations(range(len(nodes_tree))))[:k], reverse=True)
+        group = tuple(nodes_tree.pop(i) for i in picked)
+        nodes_tree.append(group)
+    topology = Topology(nodes_tree[0])
+    if n == 1:
+        return Hierarchy.flat(names)
+    times: dict[frozenset[str], float] = {}
+
+    def assign(node, upper: float) -> None:
+        if isinstance(node, str):
+            return
+        fraction = draw(st.floats(0.05, 0.95))
+        t = upper * fraction
+        times[frozenset(_leaves(node))] = t
+        for child in node:
+            assign(child, t)
+
+    assign(topology.tree, 1.0)
+    order = draw(st.permutations(names))
+    return Hierarchy.from_topology(topology, times, classes=order)
+
+
+def _leaves(node) -> list[str]:
+    return [node] if isinstance(node, str) else [x for c in node for x in _leaves(c)]
+
+
+# ---------------------------------------------------------------------- lookup
+def test_branch_index_matches_path_lookup(pbmc_like: Hierarchy) -> None:
+    rng = np.random.default_rng(0)
+    class_idx = rng.integers(0, pbmc_like.n_classes, 2000)
+    t = rng.uniform(-0.2, 1.2, 2000)
+    boundaries = np.array([b.t_start for b in pbmc_like.branches] + [1.0])
+    t[:200] = rng.choice(boundaries, 200)  # exact boundaries are the tricky part
+    found = pbmc_like.branch_index(class_idx, t)
+    expected = [path_lookup(pbmc_like, c, s) for c, s in zip(class_idx, t, strict=True)]
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_every_class_time_pair_lies_in_exactly_one_branch(pbmc_like: Hierarchy) -> None:
+    boundaries = sorted({b.t_start for b in pbmc_like.branches} | {1.0})
+    times = np.unique(np.concatenate([np.linspace(0, 1, 101), boundaries]))
+    for c in pbmc_like.classes:
+        for t in times:
+            holders = [
+                i
+                for i, b in enumerate(pbmc_like.branches)
+                if c in b.classes and (b.t_start <= t < b.t_end or (t == 1.0 == b.t_end))
+            ]
+            assert len(holders) == 1, (c, t, holders)
+
+
+def test_root_serves_t_one_and_later_and_leaf_serves_negative_times(
+    pbmc_like: Hierarchy,
+) -> None:
+    idx = pbmc_like.class_index(["Mono", "Mono", "Mono"])
+    found = pbmc_like.branch_index(idx, np.array([1.0, 3.0, -1.0]))
+    assert list(found) == [pbmc_like.root, pbmc_like.root, pbmc_like.leaf("Mono")]
+
+
+def test_branch_index_broadcasts_a_scalar_time(pbmc_like: Hierarchy) -> None:
+    idx = np.arange(pbmc_like.n_classes)
+    found = pbmc_like.branch_index(idx, 0.0)
+    assert list(found) == [pbmc_like.leaf(c) for c in pbmc_like.classes]
+
+
+def test_branch_index_rejects_bad_inputs(pbmc_like: Hierarchy) -> None:
+    with pytest.raises(ValueError, match="class_idx"):
+        pbmc_like.branch_index(np.array([99]), np.array([0.5]))
+    with pytest.raises(ValueError, match="NaN"):
+        pbmc_like.branch_index(np.array([0]), np.array([np.nan]))
+    with pytest.raises(TypeError, match="integers"):
+        pbmc_like.branch_index(np.array([0.5]), np.array([0.5]))
+
+
+def test_paths_split_times_and_tree_links(pbmc_like: Hierarchy) -> None:
+    h = pbmc_like
+    assert h.n_classes == 5 and h.n_branches == 9 and h.root == 0
+    path = h.path("CD8")
+    assert path[0] == h.root and path[-1] == h.leaf("CD8")
+    assert [h.branches[b].t_end for b in path[1:]] == [h.branches[b].t_start for b in path[:-1]]
+    assert h.split_time(TREG, "CD8") == pytest.approx(0.2)
+    assert h.split_time("CD8", "B") == pytest.approx(0.4)
+    assert h.split_time("B", "Mono") == pytest.approx(0.6)
+    assert h.split_time("DC", "DC") == 0.0
+    assert h.common_branch("Mono", "DC") == h.parent(h.leaf("DC"))
+    assert h.parent(h.root) is None
+    assert set(h.children(h.root)) == {h.parent(h.leaf("B")), h.parent(h.leaf("DC"))}
+    assert not h.is_flat
+
+
+def test_class_index_names_unknown_classes(pbmc_like: Hierarchy) -> None:
+    assert list(pbmc_like.class_index(["B", TREG])) == [2, 0]
+    with pytest.raises(KeyError, match="Platelet"):
+        pbmc_like.class_index(["B", "Platelet"])
+
+
+def test_flat_hierarchy_is_one_branch_over_the_unit_interval() -> None:
+    h = Hierarchy.flat(["a", "b"])
+    assert h.is_flat and h.n_branches == 1
+    assert list(h.branch_index(np.array([0, 1]), np.array([0.0, 1.0]))) == [0, 0]
+    assert h.split_time("a", "b") == 0.0
+    single = Hierarchy.flat(["only"])
+    assert single.leaf("only") == single.root == 0
+
+
+def test_repr_shows_an_indented_tree_with_intervals(pbmc_like: Hierarchy) -> None:
+    text = repr(pbmc_like)
+    assert "[0.600, 1.000]" in text and "[0.000, 0.200) CD8" in text
+    assert "    #" in text  # children are indented
+
+
+# ---------------------------------------------------------------------- serialisation
+def test_dict_round_trip_is_identity_through_json(pbmc_like: Hierarchy) -> None:
+    d = json.loads(json.dumps(pbmc_like.to_dict()))
+    assert Hierarchy.from_dict(d) == pbmc_like
+    assert Hierarchy.from_dict(d).to_dict() == pbmc_like.to_dict()
+
+
+def test_newick_round_trip_is_identity_and_quotes_special_names(pbmc_like: Hierarchy) -> None:
+    text = pbmc_like.to_newick()
+    assert f"'{TREG}'" in text
+    assert text.endswith(":0.4;")  # the root's length is written
+    back = Hierarchy.from_newick(text, classes=pbmc_like.classes)
+    assert back == pbmc_like
+    assert back.to_newick() == text
+
+
+def test_newick_reader_accepts_comments_whitespace_and_escaped_quotes() -> None:
+    text = "( 'it''s':0.5 [comment], (b:0.2,c_d:0.2):0.3 ) :0.5 ;"
+    h = Hierarchy.from_newick(text)
+    assert h.classes == ("it's", "b", "c_d")
+    assert h.split_time("b", "c_d") == pytest.approx(0.2)
+
+
+def test_newick_without_lengths_is_a_topology_not_a_hierarchy() -> None:
+    with pytest.raises(ValueError, match="fit_split_times"):
+        Hierarchy.from_newick("((a,b),c);")
+    assert Topology.from_newick("((a,b),c);").clades() == {
+        frozenset("ab"),
+        frozenset("abc"),
+    }
+
+
+def test_newick_whose_leaves_miss_t_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        Hierarchy.from_newick("(a:0.3,b:0.5):0.5;")
+
+
+def test_branch_order_is_canonical_whatever_the_input_order(pbmc_like: Hierarchy) -> None:
+    d = pbmc_like.to_dict()
+    d["branches"] = d["branches"][::-1]
+    assert Hierarchy.from_dict(d) == pbmc_like
+
+
+# ---------------------------------------------------------------------- validation
+def _classes_and_branches() -> tuple[list[str], list[Branch]]:
+    return ["a", "b", "c"], [
+        Branch(("a", "b", "c"), 0.5, 1.0),
+        Branch(("a", "b"), 0.2, 0.5),
+        Branch(("a",), 0.0, 0.2),
+        Branch(("b",), 0.0, 0.2),
+        Branch(("c",), 0.0, 0.5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda bs: bs.__setitem__(1, Branch(("a", "b"), 0.2, 0.45)), "gap"),
+        (lambda bs: bs.__setitem__(1, Branch(("a", "b"), 0.2, 0.55)), "overlap"),
+        (lambda bs: bs.__setitem__(4, Branch(("c",), 0.1, 0.5)), "t = 0"),
+        (lambda bs: bs.__setitem__(0, Branch(("a", "b", "c"), 0.5, 0.9)), "t = 1"),
+        (lambda bs: bs.__setitem__(1, Branch(("a", "c"), 0.2, 0.5)), "exactly one branch|nest"),
+        (lambda bs: bs.__setitem__(2, Branch(("a", "z"), 0.0, 0.2)), "not in `classes`"),
+        (lambda bs: bs.__setitem__(2, Branch(("a",), 0.2, 0.2)), "0 <= t_start < t_end"),
+        (lambda bs: bs.append(Branch(("a",), 0.0, 0.2)), "exactly one branch|overlap"),
+        (lambda bs: bs.pop(3), "t = 0"),
+    ],
+)
+def test_invalid_branches_raise_clear_value_errors(change, message: str) -> None:
+    classes, branches = _classes_and_branches()
+    Hierarchy(classes, branches)  # the unchanged tree is valid
+    change(branches)
+    with pytest.raises(ValueError, match=message):
+        Hierarchy(classes, branches)
+
+
+def test_two_roots_and_shared_leaves_are_refused() -> None:
+    with pytest.raises(ValueError, match="single root"):
+        Hierarchy(["a", "b"], [Branch(("a",), 0.0, 1.0), Branch(("b",), 0.0, 1.0)])
+
+
+def test_children_must_split_before_their_parent() -> None:
+    topology = Topology((("a", "b"), "c"))
+    with pytest.raises(ValueError, match="before"):
+        Hierarchy.from_topology(
+            topology, {frozenset("abc"): 0.3, frozenset("ab"): 0.5}
+        )
+
+
+# ---------------------------------------------------------------------- topologies
+def test_topology_from_annotation_follows_coarse_to_fine_columns() -> None:
+    obs = pd.DataFrame(
+        {
+            "lineage": ["lymphoid"] * 4 + ["myeloid", "progenitor"],
+            "subpop": ["T cell", "T cell", "B cell", "NK", "CD14+", "CD34+"],
+            "celltype": ["CD4", "CD8", "B", "NK", "Mono", "CD34"],
+        }
+    )
+    topology = Hierarchy.from_annotation(obs, ["lineage", "subpop", "celltype"])
+    assert topology.clades() == {
+        frozenset(["CD4", "CD8"]),
+        frozenset(["CD4", "CD8", "B", "NK"]),
+        frozenset(obs["celltype"]),
+    }
+
+
+def test_topology_from_annotation_names_a_class_in_two_groups() -> None:
+    obs = pd.DataFrame({"coarse": ["x", "y", "y"], "fine": ["a", "a", "b"]})
+    with pytest.raises(ValueError, match="'a'.*several groups"):
+        Topology.from_annotation(obs, ["coarse", "fine"])
+    with pytest.raises(KeyError, match="nope"):
+        Topology.from_annotation(obs, ["nope", "fine"])
+
+
+def test_topology_from_nested_collapses_single_child_groups() -> None:
+    nested = {"lymphoid": {"T": ["CD4", "CD8"], "B": None}, "myeloid": {"mono": ["CD14"]}}
+    topology = Hierarchy.from_nested(nested)
+    assert topology == Topology(((("CD4", "CD8"), "B"), "CD14"))
+    assert Topology.from_newick(topology.to_newick()) == topology
+    with pytest.raises(ValueError, match="once"):
+        Topology((("a", "b"), "a"))
+
+
+# ---------------------------------------------------------------------- continual learning
+def test_map_branches_keeps_old_branches_when_a_class_is_added() -> None:
+    old = Hierarchy.from_newick("((a:0.3,b:0.3):0.2,c:0.5):0.5;")
+    # d joins a at 0.1, inside a's old leaf; the old tree is otherwise unchanged.
+    new = Hierarchy.from_newick(
+        "(((a:0.1,d:0.1):0.2,b:0.3):0.2,c:0.5):0.5;", classes=["a", "b", "c", "d"]
+    )
+    mapping = Hierarchy.map_branches(old, new)
+    for j, i in mapping.items():
+        kept = set(new.branches[j].classes) - {"d"}
+        assert kept == set(old.branches[i].classes)
+    # Every branch of the new tree maps except d's own leaf.
+    assert set(range(new.n_branches)) - set(mapping) == {new.leaf("d")}
+    assert mapping[new.root] == old.root
+    assert mapping[new.leaf("a")] == old.leaf("a")
+    assert mapping[new.parent(new.leaf("a"))] == old.leaf("a")
+
+
+def test_map_branches_leaves_moved_splits_unmapped() -> None:
+    old = Hierarchy.from_newick("(a:0.5,b:0.5):0.5;")
+    new = Hierarchy.from_newick("(a:0.7,b:0.7):0.3;")
+    # The new root lies inside the old one; the new leaves cross the old split at t = 0.5.
+    assert Hierarchy.map_branches(old, new) == {new.root: old.root}
+
+
+# ---------------------------------------------------------------------- properties
+@settings(max_examples=50, deadline=None)
+@given(hierarchies(), st.lists(st.floats(-0.5, 1.5), min_size=1, max_size=30))
+def test_random_hierarchies_keep_their_invariants(h: Hierarchy, times: list[float]) -> None:
+    # Serialisation round trips are the identity.
+    assert Hierarchy.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+    assert Hierarchy.from_newick(h.to_newick(), classes=h.classes) == h
+    # Intervals nest: each child ends where its parent starts and holds a subset of it.
+    for b, branch in enumerate(h.branches):
+        parent = h.parent(b)
+        if parent is None:
+            assert branch.t_end == 1.0 and set(branch.classes) == set(h.classes)
+        else:
+            assert branch.t_end == h.branches[parent].t_start
+            assert set(branch.classes) <= set(h.branches[parent].classes)
+    # Every (class, t) lies in exactly one branch, and the fast lookup finds it.
+    boundaries = [b.t_start for b in h.branches]
+    grid = np.array(times + boundaries + [1.0])
+    for c in range(h.n_classes):
+        found = h.branch_index(np.full(len(grid), c), grid)
+        for t, b in zip(grid, found, strict=True):
+            clamped = min(max(t, 0.0), 1.0)
+            holders = [
+                i
+                for i, br in enumerate(h.branches)
+                if h.classes[c] in br.classes
+                and (br.t_start <= clamped < br.t_end or (clamped == 1.0 == br.t_end))
+            ]
+            assert holders == [b]
+
+
+def test_hierarchy_modules_import_nothing_that_needs_torch() -> None:
+    # Static check of our own files: the package's top-level __init__ may import torch-based
+    # subpackages, but the hierarchy code must not depend on them.
+    package = Path(hierarchy_package.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("torch", "lightning", "scvi")), (source.name, name)
+                assert not name.startswith(("scbranchdiff", "..")), (source.name, name)
