@@ -102,13 +102,14 @@ class Hierarchy:
         parent, children = _links(classes, normalised, paths)
 
         # Canonical order: pre-order from the root, children by their first class.
+        for kids in children:
+            kids.sort(key=lambda k: order[normalised[k].classes[0]])
         ranked: list[int] = []
         stack = [root]
         while stack:
             b = stack.pop()
             ranked.append(b)
-            kids = sorted(children[b], key=lambda k: order[normalised[k].classes[0]])
-            stack.extend(reversed(kids))
+            stack.extend(reversed(children[b]))
         new_index = {old: new for new, old in enumerate(ranked)}
 
         self._classes = classes
@@ -117,10 +118,7 @@ class Hierarchy:
         self._parent = [
             None if parent[b] is None else new_index[parent[b]] for b in ranked
         ]
-        self._children = [
-            [new_index[k] for k in sorted(children[b], key=lambda k: order[normalised[k].classes[0]])]
-            for b in ranked
-        ]
+        self._children = [[new_index[k] for k in children[b]] for b in ranked]
         self._paths = {c: [new_index[b] for b in paths[c]] for c in classes}
         self._build_lookup()
 
@@ -321,7 +319,9 @@ class Hierarchy:
         def emit(node: TopologyNode, t_end: float) -> None:
             t_start = time_of(node)
             if not isinstance(node, str) and t_start <= 0.0:
-                raise ValueError(f"Group {sorted(members(node))} must split at t > 0, got {t_start}.")
+                raise ValueError(
+                    f"Group {sorted(members(node))} must split at t > 0, got {t_start}."
+                )
             if t_start > t_end or (t_start == t_end and not isinstance(node, str)):
                 raise ValueError(
                     f"Group {sorted(members(node))} splits at t = {t_start}, not before its "
@@ -524,13 +524,16 @@ def _normalise_branch(branch: Branch, order: Mapping[str, int], i: int) -> Branc
     if len(set(branch.classes)) != len(branch.classes):
         raise ValueError(f"Branch {i} names a class twice: {list(branch.classes)}.")
     if not (math.isfinite(branch.t_start) and math.isfinite(branch.t_end)):
-        raise ValueError(f"Branch {i} has a non-finite interval [{branch.t_start}, {branch.t_end}).")
+        raise ValueError(
+            f"Branch {i} has a non-finite interval [{branch.t_start}, {branch.t_end})."
+        )
     if not 0.0 <= branch.t_start < branch.t_end <= 1.0:
         raise ValueError(
             f"Branch {i} ({list(branch.classes)}) has interval [{branch.t_start}, "
             f"{branch.t_end}); expected 0 <= t_start < t_end <= 1."
         )
-    return Branch(tuple(sorted(branch.classes, key=order.__getitem__)), branch.t_start, branch.t_end)
+    ordered = tuple(sorted(branch.classes, key=order.__getitem__))
+    return Branch(ordered, branch.t_start, branch.t_end)
 
 
 def _class_paths(classes: tuple[str, ...], branches: list[Branch]) -> dict[str, list[int]]:
@@ -546,10 +549,13 @@ def _class_paths(classes: tuple[str, ...], branches: list[Branch]) -> dict[str, 
             raise ValueError(f"Class {c!r} lies in no branch.")
         top, bottom = branches[path[0]], branches[path[-1]]
         if top.t_end != 1.0:
-            raise ValueError(f"Class {c!r} is in no branch reaching t = 1 (its top ends at {top.t_end}).")
+            raise ValueError(
+                f"Class {c!r} is in no branch reaching t = 1 (its top ends at {top.t_end})."
+            )
         if bottom.t_start != 0.0:
             raise ValueError(
-                f"Class {c!r} is in no branch reaching t = 0 (its lowest starts at {bottom.t_start})."
+                f"Class {c!r} is in no branch reaching t = 0 (its lowest starts at "
+                f"{bottom.t_start})."
             )
         for upper, lower in zip(path[:-1], path[1:], strict=True):
             b_up, b_low = branches[upper], branches[lower]
