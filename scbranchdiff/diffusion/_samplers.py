@@ -1,0 +1,80 @@
+"""Reverse-time samplers, each one short function of (noise model, x, time grid).
+
+`eps_fn(x, t)` returns the predicted noise z of the VP kernel for states `x` at the scalar time
+`t`; the score is -z / s(t). A time grid runs in the direction of integration: decreasing to
+generate, increasing to encode with the probability-flow ODE. Noise for stochastic steps comes
+from `noise_fn(step)`, so the caller decides how random numbers are drawn (per branch, per seed)
+and results are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._sde import VPSDE
+
+EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
+NoiseFn = Callable[[int], torch.Tensor]
+
+
+def _score(eps_fn: EpsFn, x: torch.Tensor, t: float, sde: VPSDE) -> torch.Tensor:
+    return -eps_fn(x, t) / sde.sigma(torch.tensor(t)).item()
+
+
+def euler_maruyama(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    ts: Sequence[float],
+    sde: VPSDE,
+    noise_fn: NoiseFn,
+    *,
+    first_step: int = 0,
+) -> torch.Tensor:
+    """Integrate the reverse SDE dx = [f(x, t) - g(t)^2 score] dt + g(t) dW over a decreasing grid.
+
+    `first_step` is the global index of the first step of `ts`, passed to `noise_fn`.
+    """
+    for i in range(len(ts) - 1):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        g = sde.diffusion(tt)[:, None]
+        drift = sde.drift(x, tt) - g**2 * _score(eps_fn, x, t, sde)
+        x = x + drift * dt + g * abs(dt) ** 0.5 * noise_fn(first_step + i)
+    return x
+
+
+def probability_flow_heun(
+    eps_fn: EpsFn, x: torch.Tensor, ts: Sequence[float], sde: VPSDE
+) -> torch.Tensor:
+    """Integrate the probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 score with Heun's method.
+
+    Works in both directions: a decreasing grid generates, an increasing grid encodes.
+    """
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        g = sde.diffusion(tt)[:, None]
+        return sde.drift(x, tt) - 0.5 * g**2 * _score(eps_fn, x, t, sde)
+
+    for i in range(len(ts) - 1):
+        t, t_next = ts[i], ts[i + 1]
+        d1 = velocity(x, t)
+        x_euler = x + d1 * (t_next - t)
+        d2 = velocity(x_euler, t_next)
+        x = x + 0.5 * (d1 + d2) * (t_next - t)
+    return x
+
+
+def denoise(eps_fn: EpsFn, x: torch.Tensor, t: float, sde: VPSDE) -> torch.Tensor:
+    """Tweedie's estimate of x_0 from x_t: (x_t - s(t) z_hat) / a(t), taken at the last step."""
+    tt = torch.tensor(t)
+    return (x - sde.sigma(tt).item() * eps_fn(x, t)) / sde.alpha(tt).item()
+
+
+def time_grid(n_steps: int, sde: VPSDE, t_max: float = 1.0) -> list[float]:
+    """`n_steps` + 1 evenly spaced times from `t_max` down to `sde.t_min`."""
+    if n_steps < 1:
+        raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
+    return torch.linspace(t_max, sde.t_min, n_steps + 1, dtype=torch.float64).tolist()

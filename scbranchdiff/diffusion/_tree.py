@@ -1,0 +1,264 @@
+"""Reverse diffusion along a class hierarchy, with shared prefixes (METHOD.md sections 4, 5, 7).
+
+Going from t = 1 down to 0, a class follows the branches root -> ... -> its leaf. States of a
+branch serve every class below it: each branch segment is integrated once, and its children
+start from the parent's final states (the first n_child rows). The flat (class-conditional)
+model has one branch whose dynamics differ by class; its rows carry their class instead.
+
+Random numbers are drawn per (seed, chunk, branch key, step) where the branch key is the first
+class of the branch in hierarchy order. Classes added later (continual learning) come last in
+that order, so adding a class leaves the random numbers, and thus the samples, of the old
+classes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..hierarchy import Hierarchy
+from ._samplers import denoise, euler_maruyama, probability_flow_heun
+from ._sde import VPSDE
+
+# eps_model(x, t, branch, cell_type) -> predicted noise; t has one entry per row
+EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
+
+SAMPLERS = ("sde", "ode")
+
+
+def _generator(*entropy: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class TreeSampler:
+    """Integrates the reverse process of a branched (or flat) score model over a hierarchy.
+
+    Parameters
+    ----------
+    eps_model
+        Noise prediction of the network, called once per step of a segment.
+    hierarchy
+        The branches.
+    sde
+        The forward SDE used in training.
+    n_steps
+        Number of steps of a full path from t = 1 to `sde.t_min`.
+    method
+        "sde" (Euler-Maruyama on the reverse SDE) or "ode" (Heun on the probability-flow ODE).
+    seed
+        Seed of every random number drawn.
+    class_conditional
+        Whether the network takes the class as input (the flat model); then rows are not
+        shared between classes.
+    n_latent
+        Dimension of the states.
+    device, dtype
+        Where the states live.
+    """
+
+    eps_model: EpsModel
+    hierarchy: Hierarchy
+    sde: VPSDE
+    n_steps: int
+    method: str
+    seed: int
+    class_conditional: bool
+    n_latent: int
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.method not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.method!r}.")
+        if self.n_steps < 1:
+            raise ValueError(f"`n_steps` must be >= 1, got {self.n_steps}.")
+        self.grid = np.linspace(1.0, self.sde.t_min, self.n_steps + 1)
+
+    # --- random numbers -------------------------------------------------------------------
+    def _key(self, branch: int) -> int:
+        return int(self.hierarchy.class_index(self.hierarchy.branches[branch].classes).min())
+
+    def _normal(self, chunks: list[tuple[int, int]], step: int, chunk: int) -> torch.Tensor:
+        """Standard normal rows, `n` for each (key, n) in `chunks`, fixed by (seed, key, step)."""
+        parts = [
+            torch.randn(n, self.n_latent, generator=_generator(self.seed, chunk, key, step + 1))
+            for key, n in chunks
+        ]
+        return torch.cat(parts).to(device=self.device, dtype=self.dtype)
+
+    def prior(self, counts: Mapping[int, int], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x_1 ~ N(0, I) for the root: one row set shared by all classes, or one per class."""
+        if self.class_conditional:
+            classes = sorted(c for c, n in counts.items() if n > 0)
+            x = self._normal([(c, counts[c]) for c in classes], -1, chunk)
+            labels = torch.cat([torch.full((counts[c],), c, dtype=torch.long) for c in classes])
+            return x, labels.to(self.device)
+        n = max(counts.values())
+        return self._normal([(0, n)], -1, chunk), None
+
+    # --- one segment ----------------------------------------------------------------------
+    def _segment_times(self, branch: int, t_from: float) -> tuple[list[float], int]:
+        """Times of the steps taken in `branch` from `t_from`, and the index of the first step.
+
+        Every step starts at a time the branch holds; the last one ends at the first grid point
+        below the branch (the children's start) or at t_min for a leaf.
+        """
+        b = self.hierarchy.branches[branch]
+        below = np.nonzero(self.grid < t_from - 1e-12)[0]
+        if len(below) == 0:
+            return [t_from], len(self.grid) - 1
+        first = int(below[0])
+        times = [t_from]
+        for i in range(first, len(self.grid)):
+            times.append(float(self.grid[i]))
+            if self.grid[i] < b.t_start:
+                break
+        return times, first - 1
+
+    def _run(
+        self,
+        branch: int,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        times: list[float],
+        first_step: int,
+        chunk: int,
+    ) -> torch.Tensor:
+        if len(times) < 2:
+            return x
+
+        def eps_fn(x_: torch.Tensor, t: float) -> torch.Tensor:
+            tt = torch.full((x_.shape[0],), t, dtype=x_.dtype, device=x_.device)
+            return self.eps_model(x_, tt, branch, labels)
+
+        if self.method == "ode":
+            return probability_flow_heun(eps_fn, x, times, self.sde)
+        if labels is None:
+            chunks = [(self._key(branch), x.shape[0])]
+        else:
+            values, n = torch.unique_consecutive(labels.cpu(), return_counts=True)
+            chunks = list(zip(values.tolist(), n.tolist(), strict=True))
+        return euler_maruyama(
+            eps_fn,
+            x,
+            times,
+            self.sde,
+            lambda step: self._normal(chunks, step, chunk),
+            first_step=first_step,
+        )
+
+    def _finish(self, branch: int, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        t = self.sde.t_min
+
+        def eps_fn(x_: torch.Tensor, t_: float) -> torch.Tensor:
+            tt = torch.full((x_.shape[0],), t_, dtype=x_.dtype, device=x_.device)
+            return self.eps_model(x_, tt, branch, labels)
+
+        return denoise(eps_fn, x, t, self.sde)
+
+    # --- the tree -------------------------------------------------------------------------
+    @torch.no_grad()
+    def descend(
+        self,
+        branch: int,
+        x: torch.Tensor,
+        t_from: float,
+        counts: Mapping[int, int],
+        *,
+        labels: torch.Tensor | None = None,
+        t_stop: float | None = None,
+        chunk: int = 0,
+    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, int, float]:
+        """Integrate states `x` (at time `t_from`, held by `branch`) down to the leaves.
+
+        Parameters
+        ----------
+        branch
+            The branch that holds the states at `t_from`.
+        x
+            States at `t_from`.
+        t_from
+            Their time.
+        counts
+            Rows wanted per class index; only branches leading to these classes are visited.
+        labels
+            Class of each row (class-conditional network only).
+        t_stop
+            If given, stop at the first grid time at or below it instead of t_min and return
+            the states there with the branch that holds them (used for intermediates).
+        chunk
+            Index of this chunk of a streamed generation (changes the random numbers).
+
+        Returns
+        -------
+        Latent samples per class index (denoised at t_min), or, with `t_stop`, the tuple
+        (states, branch holding them, their time).
+        """
+        times, first = self._segment_times(branch, t_from)
+        if t_stop is not None:
+            keep = [t for t in times if t >= t_stop - 1e-12]
+            if len(keep) < len(times):
+                stop_times = keep + [times[len(keep)]]
+                x = self._run(branch, x, labels, stop_times, first, chunk)
+                return x, branch, stop_times[-1]
+        x = self._run(branch, x, labels, times, first, chunk)
+        t_end = times[-1]
+        children = [
+            c for c in self.hierarchy.children(branch)
+            if any(counts.get(k, 0) > 0 for k in self.hierarchy.class_index(self.hierarchy.branches[c].classes))
+        ]
+        if not children:
+            x = self._finish(branch, x, labels)
+            if labels is None:
+                return {int(k): x[: counts[k]] for k in self._wanted(branch, counts)}
+            return {int(k): x[labels == k] for k in self._wanted(branch, counts)}
+        out: dict[int, torch.Tensor] = {}
+        for child in children:
+            wanted = self._wanted(child, counts)
+            n = max(counts[k] for k in wanted)
+            result = self.descend(
+                child, x[:n], t_end, {k: counts[k] for k in wanted}, t_stop=t_stop, chunk=chunk
+            )
+            if isinstance(result, tuple):
+                raise ValueError("`t_stop` must lie above the lowest split of the requested types.")
+            out.update(result)
+        return out
+
+    def _wanted(self, branch: int, counts: Mapping[int, int]) -> list[int]:
+        idx = self.hierarchy.class_index(self.hierarchy.branches[branch].classes)
+        return [int(k) for k in idx if counts.get(int(k), 0) > 0]
+
+    def generate(self, counts: Mapping[int, int], chunk: int = 0) -> dict[int, torch.Tensor]:
+        """Sample `counts[k]` latents of each class index k from the prior at t = 1."""
+        x, labels = self.prior(counts, chunk)
+        result = self.descend(self.hierarchy.root, x, 1.0, counts, labels=labels, chunk=chunk)
+        assert isinstance(result, dict)
+        return result
+
+    @torch.no_grad()
+    def encode(self, x0: torch.Tensor, cell_type: int, t_to: float) -> torch.Tensor:
+        """Run the probability-flow ODE up from t_min to `t_to` along the path of `cell_type`."""
+        ts = np.linspace(self.sde.t_min, t_to, max(2, int(round(self.n_steps * t_to)) + 1))
+        labels = None
+        if self.class_conditional:
+            labels = torch.full((x0.shape[0],), cell_type, dtype=torch.long, device=x0.device)
+        branch_of = self.hierarchy.branch_index(np.full(len(ts), cell_type), ts)
+        x = x0
+        start = 0
+        for i in range(1, len(ts)):
+            if i == len(ts) - 1 or branch_of[i] != branch_of[start]:
+                seg = [float(t) for t in ts[start : i + 1]]
+                branch = int(branch_of[start])
+
+                def eps_fn(x_: torch.Tensor, t: float, branch: int = branch) -> torch.Tensor:
+                    tt = torch.full((x_.shape[0],), t, dtype=x_.dtype, device=x_.device)
+                    return self.eps_model(x_, tt, branch, labels)
+
+                x = probability_flow_heun(eps_fn, x, seg, self.sde)
+                start = i
+        return x

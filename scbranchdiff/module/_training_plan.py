@@ -1,0 +1,181 @@
+"""Denoising score matching for the branched network, as a Lightning module (METHOD.md section 3).
+
+Each sample x_0 of class c gets a time t ~ U(t_min, 1), is noised with the VP kernel, and the
+head of the branch holding (c, t) predicts the noise (noise-prediction MSE, the score-matching
+loss with weight s(t)^2). Each sample therefore updates the trunk and exactly one head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from ..diffusion import VPSDE
+from ..hierarchy import Hierarchy
+from ._network import BranchedScoreNetwork
+
+
+class BranchLookup(torch.nn.Module):
+    """Vectorised (class, t) -> branch index on tensors, from the hierarchy's class paths.
+
+    For class c with path branches p_0 (root), ..., p_k (leaf) starting at s_0 > ... > s_k = 0,
+    t lies in p_j with j = #{i : s_i > t}.
+    """
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__()
+        paths = [hierarchy.path(c) for c in hierarchy.classes]
+        depth = max(len(p) for p in paths)
+        starts = torch.full((len(paths), depth), -math.inf, dtype=torch.float64)
+        ids = torch.zeros((len(paths), depth), dtype=torch.long)
+        for k, path in enumerate(paths):
+            for j, b in enumerate(path):
+                starts[k, j] = hierarchy.branches[b].t_start
+                ids[k, j] = b
+            ids[k, len(path):] = path[-1]
+        self.register_buffer("starts", starts, persistent=False)
+        self.register_buffer("ids", ids, persistent=False)
+
+    def forward(self, cell_type: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        depth = (self.starts[cell_type] > t[:, None].to(self.starts.dtype)).sum(dim=1)
+        depth = depth.clamp(max=self.ids.shape[1] - 1)
+        return self.ids[cell_type, depth]
+
+
+class DiffusionTrainingPlan(pl.LightningModule):
+    """Training plan: noise-prediction loss, AdamW with warm-up and cosine decay, EMA weights.
+
+    Parameters
+    ----------
+    network
+        The score network (trained in place; EMA weights are copied into it at the end).
+    hierarchy
+        Branches used to route each (class, t) to its head.
+    sde
+        Forward SDE.
+    lr
+        Peak learning rate.
+    weight_decay
+        AdamW weight decay.
+    ema_decay
+        Exponential moving average of the weights used for sampling (0 disables it).
+    warmup_steps
+        Linear warm-up of the learning rate.
+    """
+
+    def __init__(
+        self,
+        network: BranchedScoreNetwork,
+        hierarchy: Hierarchy,
+        sde: VPSDE,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        ema_decay: float = 0.999,
+        warmup_steps: int = 200,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.sde = sde
+        self.lookup = BranchLookup(hierarchy)
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.ema_decay = ema_decay
+        # EMA shadows of the trainable parameters only: frozen ones must stay bit-identical
+        self.ema = {
+            name: p.detach().clone() for name, p in network.named_parameters() if p.requires_grad
+        }
+
+    def loss(self, x0: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
+        """Noise-prediction MSE at random times."""
+        t = torch.rand(x0.shape[0], device=x0.device) * (1 - self.sde.t_min) + self.sde.t_min
+        z = torch.randn_like(x0)
+        x_t = self.sde.marginal_sample(x0, t, z)
+        branch = self.lookup(cell_type, t)
+        conditional = cell_type if self.network.class_conditional else None
+        z_hat = self.network(x_t, t, branch, conditional)
+        return ((z_hat - z) ** 2).mean()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0, cell_type = batch
+        loss = self.loss(x0, cell_type)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Training loss is {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}: stopping (the model was not updated with it). Try a lower "
+                "`lr`, or check the latent for extreme values."
+            )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema_decay <= 0:
+            return
+        with torch.no_grad():
+            for name, p in self.network.named_parameters():
+                if name in self.ema:
+                    shadow = self.ema[name]
+                    if shadow.device != p.device:
+                        shadow = self.ema[name] = shadow.to(p.device)
+                    shadow.lerp_(p.detach(), 1 - self.ema_decay)
+
+    def on_train_end(self) -> None:
+        if self.ema_decay <= 0:
+            return
+        with torch.no_grad():
+            for name, p in self.network.named_parameters():
+                if name in self.ema:
+                    p.copy_(self.ema[name].to(p.device))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ema"] = {k: v.cpu() for k, v in self.ema.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "ema" in checkpoint:
+            self.ema = {k: v.clone() for k, v in checkpoint["ema"].items()}
+
+    def configure_optimizers(self):
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.warmup_steps, max(total // 10, 1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class LatentDataModule(pl.LightningDataModule):
+    """Standardised latents and class indices in memory, served as shuffled batches.
+
+    Batches are gathered with one tensor index per batch (no per-sample collation). Under DDP
+    each process gets its own shard through a DistributedSampler.
+    """
+
+    def __init__(self, latent: np.ndarray, cell_type: np.ndarray, batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset = TensorDataset(
+            torch.as_tensor(latent, dtype=torch.float32), torch.as_tensor(cell_type, dtype=torch.long)
+        )
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.n_train = len(self.dataset)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(
+                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, seed=self.seed
+            )
+        else:
+            sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed))
+        batches = BatchSampler(sampler, self.batch_size, drop_last=False)
+        return DataLoader(self.dataset, sampler=batches, batch_size=None)
