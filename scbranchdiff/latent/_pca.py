@@ -1,0 +1,121 @@
+"""PCA of log-normalised expression as the latent backend, and a given obsm embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+from sklearn.decomposition import PCA
+
+from ._base import DecodedCells, LatentBackend
+from ._scvi import counts_matrix
+
+
+class PCALatent(LatentBackend):
+    """Principal components of (already log-normalised) expression.
+
+    Generated cells are decoded with the inverse PCA transform: `X` holds decoded
+    log-normalised expression (no counts). Use this backend for data without counts.
+
+    Parameters
+    ----------
+    n_latent
+        Number of principal components.
+    """
+
+    kind = "pca"
+
+    def __init__(self, n_latent: int = 30) -> None:
+        self._n_latent = int(n_latent)
+        self.layer: str | None = None
+        self.mean_: np.ndarray | None = None
+        self.components_: np.ndarray | None = None
+
+    @property
+    def n_latent(self) -> int:
+        return self._n_latent
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.components_ is not None
+
+    def fit(self, adata: AnnData, labels: np.ndarray, *, layer: str | None = None, seed: int = 0, **_) -> None:
+        self.layer = layer
+        n_comps = min(self._n_latent, adata.n_obs - 1, adata.n_vars)
+        pca = PCA(n_components=n_comps, random_state=seed, svd_solver="auto")
+        pca.fit(_dense(counts_matrix(adata, layer)))
+        self._n_latent = n_comps
+        self.mean_ = pca.mean_.astype(np.float32)
+        self.components_ = pca.components_.astype(np.float32)
+
+    def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
+        x = _dense(counts_matrix(adata, self.layer))
+        return ((x - self.mean_) @ self.components_.T).astype(np.float32)
+
+    def decode(self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator) -> DecodedCells:
+        return DecodedCells(X=(latent @ self.components_ + self.mean_).astype(np.float32))
+
+    def config(self) -> dict:
+        return {"n_latent": self._n_latent, "layer": self.layer}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "components": self.components_}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, np.ndarray], adata: AnnData | None = None) -> PCALatent:
+        backend = cls(config["n_latent"])
+        backend.layer = config["layer"]
+        backend.mean_, backend.components_ = tensors["mean"], tensors["components"]
+        return backend
+
+
+class ObsmLatent(LatentBackend):
+    """A precomputed embedding in `adata.obsm[key]`; generation returns latents only.
+
+    Parameters
+    ----------
+    key
+        The obsm key.
+    """
+
+    kind = "obsm"
+
+    def __init__(self, key: str, n_latent: int | None = None) -> None:
+        self.key = key
+        self._n_latent = n_latent
+
+    @property
+    def n_latent(self) -> int:
+        if self._n_latent is None:
+            raise RuntimeError("The embedding has not been read yet.")
+        return self._n_latent
+
+    @property
+    def can_decode(self) -> bool:
+        return False
+
+    def fit(self, adata: AnnData, labels: np.ndarray, **_) -> None:
+        self._n_latent = self.encode(adata).shape[1]
+
+    def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
+        if self.key not in adata.obsm:
+            raise KeyError(
+                f"`latent={self.key!r}` is not a key of adata.obsm (keys: {list(adata.obsm)})."
+            )
+        return np.asarray(adata.obsm[self.key], dtype=np.float32)
+
+    def decode(self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator) -> DecodedCells:
+        return DecodedCells(X=None)
+
+    def config(self) -> dict:
+        return {"key": self.key, "n_latent": self._n_latent}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, np.ndarray], adata: AnnData | None = None) -> ObsmLatent:
+        return cls(config["key"], config["n_latent"])
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)

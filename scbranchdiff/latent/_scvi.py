@@ -1,0 +1,223 @@
+"""scVI as the latent backend: posterior means in, expected expression and sampled counts out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from ._base import DecodedCells, LatentBackend
+
+_SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
+
+
+def counts_matrix(adata: AnnData, layer: str | None) -> Any:
+    """The count matrix of `adata` (a layer or X), without copying."""
+    return adata.X if layer is None else adata.layers[layer]
+
+
+class SCVILatent(LatentBackend):
+    """An `scvi.model.SCVI` trained on the counts (or given already trained).
+
+    Parameters
+    ----------
+    model
+        An already trained SCVI model to reuse (not retrained). If None, one is trained on
+        the registered counts by `fit`.
+    n_latent
+        Latent dimension of the SCVI trained by `fit`.
+    scvi_kwargs
+        Other arguments of `scvi.model.SCVI` (e.g. n_hidden, n_layers, gene_likelihood).
+
+    Notes
+    -----
+    The internal model is set up on a minimal AnnData that shares the user's count matrix
+    and batch column, so training it writes nothing into the user's AnnData.
+    Library sizes (and batches) of generated cells are drawn from the training cells of the
+    requested type, so generated cells have the depth distribution of real cells of that type.
+    """
+
+    kind = "scvi"
+
+    def __init__(
+        self,
+        model: Any | None = None,
+        n_latent: int = 10,
+        scvi_kwargs: dict | None = None,
+    ) -> None:
+        import scvi
+
+        if model is not None:
+            if not isinstance(model, scvi.model.SCVI):
+                raise TypeError(f"`latent` must be a scvi.model.SCVI, got {type(model).__name__}.")
+            if not model.is_trained:
+                raise ValueError("The scvi.model.SCVI given as `latent` has not been trained.")
+        self.model = model
+        self.external = model is not None
+        self._n_latent = int(model.module.n_latent) if model is not None else int(n_latent)
+        self.scvi_kwargs = dict(scvi_kwargs or {})
+        self.setup_args: dict = {}
+        # per cell type: log library sizes and batch codes of the training cells
+        self.library: dict[str, np.ndarray] = {}
+        self.library_batch: dict[str, np.ndarray] = {}
+
+    @property
+    def n_latent(self) -> int:
+        return self._n_latent
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model is not None and self.model.is_trained
+
+    def _scvi_adata(self, adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+        """A minimal AnnData sharing the count matrix, for the internal SCVI."""
+        obs = pd.DataFrame(index=adata.obs_names.copy())
+        if batch_key is not None:
+            obs[batch_key] = adata.obs[batch_key].astype(str).values
+        minimal = AnnData(X=counts_matrix(adata, layer), obs=obs)
+        minimal.var_names = adata.var_names.copy()
+        return minimal
+
+    def fit(
+        self,
+        adata: AnnData,
+        labels: np.ndarray,
+        *,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        batch_size: int = 128,
+        **train_kwargs: Any,
+    ) -> None:
+        """Train the internal SCVI (unless one was given) and record library sizes per type."""
+        import scvi
+
+        if not self.external:
+            self.setup_args = {"layer": layer, "batch_key": batch_key}
+            minimal = self._scvi_adata(adata, layer, batch_key)
+            scvi.model.SCVI.setup_anndata(minimal, batch_key=batch_key)
+            self.model = scvi.model.SCVI(minimal, n_latent=self._n_latent, **self.scvi_kwargs)
+            self.model.train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                batch_size=batch_size,
+                **train_kwargs,
+            )
+        self.library, self.library_batch = {}, {}
+        self.add_cell_types(adata, np.asarray(labels), layer)
+
+    def _batch_codes(self, adata: AnnData) -> np.ndarray:
+        if self.model.module.n_batch <= 1:
+            return np.zeros(adata.n_obs, dtype=np.int64)
+        data = adata if self.external else self._scvi_adata(adata, **self.setup_args)
+        data = self.model._validate_anndata(data)
+        manager = self.model.get_anndata_manager(data, required=True)
+        return np.asarray(manager.get_from_registry("batch")).ravel().astype(np.int64)
+
+    def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
+        data = adata if self.external else self._scvi_adata(adata, **self.setup_args)
+        return np.asarray(self.model.get_latent_representation(data, batch_size=batch_size))
+
+    @torch.no_grad()
+    def decode(
+        self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator
+    ) -> DecodedCells:
+        module = self.model.module
+        module.eval()
+        device = next(module.parameters()).device
+        n = latent.shape[0]
+        log_library = np.empty(n, dtype=np.float32)
+        batch = np.zeros(n, dtype=np.int64)
+        for cell_type in np.unique(cell_types):
+            rows = np.nonzero(cell_types == cell_type)[0]
+            pool = self.library[str(cell_type)]
+            pick = rng.integers(0, len(pool), size=len(rows))
+            log_library[rows] = pool[pick]
+            batch[rows] = self.library_batch[str(cell_type)][pick]
+        expected, counts = [], []
+        seed = int(rng.integers(0, 2**31 - 1))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, n, 4096):
+                sl = slice(start, start + 4096)
+                z = torch.as_tensor(latent[sl], dtype=torch.float32, device=device)
+                lib = torch.as_tensor(log_library[sl, None], device=device)
+                b = torch.as_tensor(batch[sl, None], device=device)
+                px = module.generative(z, lib, b)["px"]
+                expected.append(px.mu.cpu().numpy())
+                counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
+        return DecodedCells(
+            X=sp.vstack(counts, format="csr") if counts else sp.csr_matrix((0, 0)),
+            layers={"expected": np.concatenate(expected).astype(np.float32)},
+            obs={"library_size": np.exp(log_library).round()},
+        )
+
+    def config(self) -> dict:
+        init = self.model.init_params_
+        setup = self.model.adata_manager._get_setup_method_args()["setup_args"]
+        extra = {k for k, v in setup.items() if v is not None} - _SUPPORTED_SETUP_ARGS
+        if extra:
+            raise ValueError(
+                f"Cannot save an SCVI latent set up with {sorted(extra)}: only `layer` and "
+                "`batch_key` are supported in saved scbranchdiff models."
+            )
+        batch_categories = None
+        if self.model.module.n_batch > 1:
+            mapping = self.model.adata_manager.get_state_registry("batch").categorical_mapping
+            batch_categories = [str(c) for c in mapping]
+        return {
+            "n_latent": self._n_latent,
+            "init_params": {**init["non_kwargs"], **init["kwargs"].get("kwargs", {})},
+            "setup_args": self.setup_args
+            if not self.external
+            else {"layer": setup.get("layer"), "batch_key": setup.get("batch_key")},
+            "batch_categories": batch_categories,
+            "cell_types": list(self.library),
+        }
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.model.module.state_dict().items()}
+        for i, cell_type in enumerate(self.library):
+            out[f"library.{i}"] = self.library[cell_type].astype(np.float32)
+            out[f"library_batch.{i}"] = self.library_batch[cell_type].astype(np.int64)
+        return out
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, np.ndarray], adata: AnnData) -> SCVILatent:
+        """Rebuild a saved backend; `adata` supplies the genes (and batch column)."""
+        import scvi
+
+        backend = cls(n_latent=config["n_latent"], scvi_kwargs=config["init_params"])
+        backend.setup_args = dict(config["setup_args"])
+        minimal = backend._scvi_adata(adata, **backend.setup_args)
+        if config["batch_categories"] is not None:
+            key = backend.setup_args["batch_key"]
+            minimal.obs[key] = pd.Categorical(minimal.obs[key], categories=config["batch_categories"])
+        scvi.model.SCVI.setup_anndata(minimal, batch_key=backend.setup_args["batch_key"])
+        init = dict(config["init_params"])
+        init.pop("n_latent", None)
+        backend.model = scvi.model.SCVI(minimal, n_latent=config["n_latent"], **init)
+        state = {k[len("module."):]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("module.")}
+        backend.model.module.load_state_dict(state)
+        backend.model.module.eval()
+        backend.model.is_trained_ = True
+        for i, cell_type in enumerate(config["cell_types"]):
+            backend.library[cell_type] = tensors[f"library.{i}"]
+            backend.library_batch[cell_type] = tensors[f"library_batch.{i}"]
+        return backend
+
+    def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:
+        """Record library sizes of new cell types (the autoencoder itself stays frozen)."""
+        counts = counts_matrix(adata, layer)
+        log_library = np.log(np.asarray(counts.sum(axis=1)).ravel().clip(min=1.0))
+        batches = self._batch_codes(adata)
+        for c in np.unique(labels):
+            self.library[str(c)] = log_library[labels == c]
+            self.library_batch[str(c)] = batches[labels == c]
