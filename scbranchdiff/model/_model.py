@@ -1,0 +1,728 @@
+"""`BranchedDiffusion`: the AnnData-facing scvi-tools model. It wires the parts, no maths here."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainRunner
+
+from .. import __version__
+from ..diffusion import SAMPLERS, VPSDE, TreeSampler
+from ..hierarchy import Hierarchy, Topology, discover_hierarchy, fit_split_times
+from ..latent import BACKENDS, LatentBackend, ObsmLatent, PCALatent, SCVILatent
+from ..module import BranchedScoreNetwork
+from ..module._training_plan import DiffusionTrainingPlan, LatentDataModule
+from . import _io
+from ._validation import check_counts, check_labels
+
+logger = logging.getLogger(__name__)
+
+HierarchySpec = str | Sequence[str] | Mapping | Hierarchy | Topology
+
+# Default training budget, in optimiser steps (see docs: measured on pbmc68k and pbmc_facs).
+DEFAULT_TRAIN_STEPS = 8000
+DEFAULT_SAMPLER = "sde"
+DEFAULT_N_STEPS = {"sde": 500, "ode": 100}
+
+
+class BranchedDiffusion(BaseModelClass):
+    """Hierarchically branched diffusion model of single cells (Tseng et al., TMLR 2024).
+
+    Learns a cell-type hierarchy from the data, trains one reverse-diffusion branch per part
+    of it in a latent space (scVI by default) and generates, transmutes and interpolates cells.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Registry of a saved model (used by :meth:`load`; leave None).
+    latent
+        Where the diffusion runs: "scvi" (an SCVI trained on the counts by :meth:`train`),
+        an already trained :class:`scvi.model.SCVI` (reused as is), "pca" (PCA of
+        log-normalised data) or the name of an ``adata.obsm`` key (a precomputed embedding;
+        generation then returns latents only).
+    n_latent
+        Latent dimension for "scvi" and "pca".
+    hierarchy
+        "auto" (discovered from the data, in the scaled latent, with the training SDE),
+        "flat" (one branch with a class embedding: the paper's label-guided baseline), a list
+        of obs columns from coarse to fine (topology from the annotation, split times from the
+        data), a nested dict or Newick string (topology by hand; Newick with branch lengths
+        fixes the times too), or a :class:`~scbranchdiff.Hierarchy`.
+    n_hidden
+        Width of the score network.
+    n_trunk_blocks
+        Residual blocks shared by every branch.
+    n_head_blocks
+        Residual blocks in each branch's head.
+    latent_scaling
+        "global" (centre, one scale for all dimensions: keeps the latent geometry) or
+        "per_dimension" (standardise each dimension).
+    beta_min, beta_max
+        Linear noise schedule of the VP SDE (beta_max = 20 reaches the N(0, I) prior).
+    discovery_kwargs
+        Passed to :func:`~scbranchdiff.hierarchy.discover_hierarchy`.
+    scvi_kwargs
+        Passed to :class:`scvi.model.SCVI` when ``latent="scvi"``.
+
+    Examples
+    --------
+    >>> import scbranchdiff as sbd
+    >>> adata = sbd.data.pbmc68k()
+    >>> sbd.model.BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels", layer="counts")
+    >>> model = sbd.model.BranchedDiffusion(adata)
+    >>> model.train()  # doctest: +SKIP
+    >>> cells = model.generate(200, seed=0)  # doctest: +SKIP
+    """
+
+    _module_cls = BranchedScoreNetwork
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        latent: str | Any = "scvi",
+        n_latent: int = 10,
+        hierarchy: HierarchySpec = "auto",
+        n_hidden: int = 256,
+        n_trunk_blocks: int = 3,
+        n_head_blocks: int = 1,
+        latent_scaling: str = "global",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        discovery_kwargs: dict | None = None,
+        scvi_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(adata, registry)
+        if latent_scaling not in ("global", "per_dimension"):
+            raise ValueError(
+                f"`latent_scaling` must be 'global' or 'per_dimension', got {latent_scaling!r}."
+            )
+        self.sde = VPSDE(beta_min=beta_min, beta_max=beta_max)
+        self.classes: tuple[str, ...] = self._registered_classes()
+        self.latent_backend = self._make_backend(latent, n_latent, scvi_kwargs)
+        self._hierarchy_spec = self._check_hierarchy_spec(hierarchy)
+        self.hierarchy_: Hierarchy | None = None
+        if isinstance(hierarchy, Hierarchy):
+            # a given hierarchy fixes the class order (e.g. a saved model's, new types last)
+            self.hierarchy_ = hierarchy
+            self.classes = hierarchy.classes
+        self.network_config = {
+            "n_hidden": int(n_hidden),
+            "n_trunk_blocks": int(n_trunk_blocks),
+            "n_head_blocks": int(n_head_blocks),
+        }
+        self.latent_scaling = latent_scaling
+        self.discovery_kwargs = dict(discovery_kwargs or {})
+        self.latent_mean_: np.ndarray | None = None
+        self.latent_scale_: np.ndarray | None = None
+        self.module: BranchedScoreNetwork | None = None
+        self.train_settings_: dict[str, Any] = {}
+        self._model_summary_string = "BranchedDiffusion"
+        self.init_params_ = self._get_init_params(locals())
+        if not isinstance(latent, str):
+            # an SCVI instance or backend is not a plain value: record what it is
+            self.init_params_["non_kwargs"]["latent"] = self.latent_backend.kind
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        labels_key: str,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register the AnnData fields the model uses (scvi-tools convention).
+
+        Parameters
+        ----------
+        adata
+            Cells x genes. Counts (for ``latent="scvi"``) or log-normalised values.
+        labels_key
+            obs column with the cell type of every cell (no missing values).
+        layer
+            Layer with the expression to use; None uses ``adata.X``.
+        batch_key
+            obs column with batches, passed to the internal scVI model.
+
+        Notes
+        -----
+        Like every scvi-tools model, this writes the registry into ``adata.uns`` and scvi-tools'
+        internal columns into ``adata.obs``. Bad input raises before anything is written.
+        """
+        check_labels(adata, labels_key)
+        if layer is not None and layer not in adata.layers:
+            raise KeyError(f"`layer={layer!r}` is not in adata.layers (layers: {list(adata.layers)}).")
+        if batch_key is not None and batch_key not in adata.obs:
+            raise KeyError(f"`batch_key={batch_key!r}` is not a column of adata.obs.")
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    @property
+    def labels_key(self) -> str:
+        """The obs column with cell types."""
+        return self.adata_manager.registry["setup_args"]["labels_key"]
+
+    @property
+    def layer(self) -> str | None:
+        """The layer with expression (None: X)."""
+        return self.adata_manager.registry["setup_args"]["layer"]
+
+    @property
+    def batch_key(self) -> str | None:
+        """The obs column with batches, if any."""
+        return self.adata_manager.registry["setup_args"]["batch_key"]
+
+    def _registered_classes(self) -> tuple[str, ...]:
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping
+        present = set(self.adata.obs[self.labels_key].astype(str).unique())
+        classes = tuple(str(c) for c in mapping if str(c) in present)
+        unused = [str(c) for c in mapping if str(c) not in present]
+        if unused:
+            warnings.warn(f"Ignoring cell types with no cells: {unused}.", UserWarning, stacklevel=3)
+        return classes
+
+    def _make_backend(self, latent: Any, n_latent: int, scvi_kwargs: dict | None) -> LatentBackend:
+        if isinstance(latent, LatentBackend):
+            return latent
+        if not isinstance(latent, str):
+            return SCVILatent(model=latent)
+        if latent == "scvi":
+            check_counts(self.adata, self.layer, "latent='scvi'")
+            return SCVILatent(n_latent=n_latent, scvi_kwargs=scvi_kwargs)
+        if latent == "pca":
+            return PCALatent(n_latent=n_latent)
+        if latent in self.adata.obsm:
+            return ObsmLatent(latent)
+        raise ValueError(
+            f"`latent` must be 'scvi', 'pca', a trained scvi.model.SCVI or a key of adata.obsm "
+            f"(keys: {list(self.adata.obsm)}), got {latent!r}."
+        )
+
+    def _check_hierarchy_spec(self, spec: HierarchySpec) -> HierarchySpec:
+        if isinstance(spec, Hierarchy):
+            unknown = sorted(set(self.classes) - set(spec.classes))
+            if unknown:
+                raise ValueError(
+                    f"Cell types in adata.obs[{self.labels_key!r}] are missing from the given "
+                    f"hierarchy: {unknown} (hierarchy classes: {list(spec.classes)})."
+                )
+            return spec
+        if isinstance(spec, str) and spec in ("auto", "flat"):
+            return spec
+        if isinstance(spec, str):
+            parsed = Topology.from_newick(spec) if not _has_lengths(spec) else Hierarchy.from_newick(spec)
+        elif isinstance(spec, Mapping):
+            parsed = Topology.from_nested(spec)
+        elif isinstance(spec, Sequence) and all(isinstance(c, str) for c in spec):
+            missing = [c for c in spec if c not in self.adata.obs]
+            if missing:
+                raise KeyError(f"`hierarchy` columns {missing} are not in adata.obs.")
+            if spec[-1] != self.labels_key:
+                raise ValueError(
+                    f"The last (finest) `hierarchy` column must be the labels key "
+                    f"{self.labels_key!r}, got {spec[-1]!r}."
+                )
+            parsed = Topology.from_annotation(self.adata.obs, list(spec))
+        else:
+            raise TypeError(
+                "`hierarchy` must be 'auto', 'flat', a list of obs columns, a nested dict, a "
+                f"Newick string or a Hierarchy, got {type(spec).__name__}."
+            )
+        if set(parsed.classes) != set(self.classes):
+            raise ValueError(
+                f"The hierarchy's classes {sorted(parsed.classes)} differ from the cell types in "
+                f"adata.obs[{self.labels_key!r}]: {sorted(self.classes)}."
+            )
+        return parsed
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def hierarchy(self) -> Hierarchy:
+        """The branches of the model (discovered or given)."""
+        if self.hierarchy_ is None:
+            raise RuntimeError("The hierarchy is not known yet: call `train()` first.")
+        return self.hierarchy_
+
+    @property
+    def is_flat(self) -> bool:
+        """Whether this is the flat, label-guided baseline."""
+        return isinstance(self._hierarchy_spec, str) and self._hierarchy_spec == "flat"
+
+    def __repr__(self) -> str:
+        lines = [
+            f"BranchedDiffusion of {len(self.classes)} cell types "
+            f"({'flat, label-guided' if self.is_flat else 'branched'}), "
+            f"latent: {self.latent_backend.kind} (n_latent={self._n_latent_or_none()}), "
+            f"trained: {self.is_trained}",
+        ]
+        if self.module is not None:
+            n_params = sum(p.numel() for p in self.module.parameters())
+            lines.append(
+                f"Score network: {n_params:,} parameters, {len(self.module.heads)} heads, "
+                f"width {self.network_config['n_hidden']}."
+            )
+        if self.hierarchy_ is not None:
+            lines.append(repr(self.hierarchy_))
+        return "\n".join(lines)
+
+    def _n_latent_or_none(self) -> int | None:
+        try:
+            return self.latent_backend.n_latent
+        except RuntimeError:
+            return None
+
+    # ------------------------------------------------------------------ latent space
+    def get_latent_representation(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Latent coordinates of cells (the backend's space, before scaling).
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes; None uses the registered one.
+        indices
+            Cells to encode; None encodes all.
+        batch_size
+            Minibatch size for the encoder.
+
+        Returns
+        -------
+        Array of shape (n_cells, n_latent).
+        """
+        self._check_latent_ready()
+        adata = self._validate_anndata(adata)
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        return self.latent_backend.encode(adata, batch_size=batch_size)
+
+    def _check_latent_ready(self) -> None:
+        if not self.latent_backend.is_fitted:
+            raise RuntimeError("The latent model is not trained yet: call `train()` first.")
+
+    def _scale(self, z: np.ndarray) -> np.ndarray:
+        return ((z - self.latent_mean_) / self.latent_scale_).astype(np.float32)
+
+    def _unscale(self, z: np.ndarray) -> np.ndarray:
+        return (z * self.latent_scale_ + self.latent_mean_).astype(np.float32)
+
+    def _fit_scaling(self, z: np.ndarray) -> None:
+        self.latent_mean_ = z.mean(axis=0).astype(np.float32)
+        sd = z.std(axis=0).astype(np.float32)
+        if self.latent_scaling == "global":
+            # one scale for every dimension: the latent's geometry is kept (METHOD.md section 1)
+            sd = np.full_like(sd, float(np.sqrt(np.mean(sd**2))))
+        self.latent_scale_ = np.maximum(sd, 1e-6)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        latent_max_epochs: int | None = None,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        ema_decay: float = 0.999,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        seed: int = 0,
+        latent_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Train the latent model (if needed), find the hierarchy and train the diffusion.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the cells for the diffusion stage. Default: enough epochs for about
+            8,000 optimiser steps (at least 50 epochs).
+        latent_max_epochs
+            Epochs of the internal scVI (default: scvi-tools' heuristic).
+        batch_size
+            Minibatch size of the diffusion stage.
+        lr
+            Peak learning rate (AdamW, warm-up then cosine decay).
+        ema_decay
+            Decay of the exponential moving average of weights used for sampling.
+        accelerator, devices
+            Lightning settings; "auto" uses a GPU when there is one.
+        seed
+            Seed of every random number drawn in training.
+        latent_kwargs
+            Extra arguments of the scVI training (e.g. ``{"batch_size": 256}``).
+        plan_kwargs
+            Extra arguments of :class:`~scbranchdiff.module.DiffusionTrainingPlan`
+            (``weight_decay``, ``warmup_steps``).
+        **trainer_kwargs
+            Passed to the Lightning trainer (e.g. ``enable_progress_bar=False``, ``strategy``).
+        """
+        import lightning.pytorch as pl
+
+        pl.seed_everything(seed, verbose=False)
+        adata = self.adata
+        labels = adata.obs[self.labels_key].astype(str).to_numpy()
+        if not self.latent_backend.is_fitted or isinstance(self.latent_backend, ObsmLatent):
+            self.latent_backend.fit(
+                adata,
+                labels,
+                layer=self.layer,
+                batch_key=self.batch_key,
+                max_epochs=latent_max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                **(latent_kwargs or {}),
+            ) if isinstance(self.latent_backend, SCVILatent) else self.latent_backend.fit(
+                adata, labels, layer=self.layer, seed=seed
+            )
+        elif isinstance(self.latent_backend, SCVILatent) and not self.latent_backend.library:
+            self.latent_backend.fit(adata, labels, layer=self.layer, batch_key=self.batch_key)
+        z = self.latent_backend.encode(adata)
+        if not np.isfinite(z).all():
+            raise FloatingPointError("The latent representation has non-finite values.")
+        if self.module is None:
+            self._fit_scaling(z)
+        z = self._scale(z)
+        if self.hierarchy_ is None:
+            self.hierarchy_ = self._resolve_hierarchy(z, labels, seed)
+        cell_type = self.hierarchy_.class_index(labels)
+        if self.module is None:
+            self.module = BranchedScoreNetwork(
+                n_latent=z.shape[1],
+                n_branches=self.hierarchy_.n_branches,
+                n_classes=len(self.classes) if self.is_flat else 0,
+                **self.network_config,
+            )
+        data = LatentDataModule(z, cell_type, batch_size=batch_size, seed=seed)
+        if max_epochs is None:
+            steps_per_epoch = int(np.ceil(len(z) / batch_size))
+            max_epochs = max(50, int(np.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch)))
+        plan = DiffusionTrainingPlan(
+            self.module, self.hierarchy_, self.sde, lr=lr, ema_decay=ema_decay, **(plan_kwargs or {})
+        )
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **trainer_kwargs,
+        )
+        runner()
+        self.module.eval()
+        self.train_settings_ = {
+            "max_epochs": int(max_epochs),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "ema_decay": float(ema_decay),
+            "seed": int(seed),
+            "n_cells": int(len(z)),
+        }
+
+    def _resolve_hierarchy(self, z: np.ndarray, labels: np.ndarray, seed: int) -> Hierarchy:
+        spec = self._hierarchy_spec
+        if isinstance(spec, str) and spec == "flat":
+            return Hierarchy.flat(self.classes)
+        if isinstance(spec, str) and spec == "auto":
+            return discover_hierarchy(
+                z, labels, sde=self.sde, classes=self.classes, seed=seed, **self.discovery_kwargs
+            )
+        if isinstance(spec, Hierarchy):
+            return spec
+        return fit_split_times(
+            spec, z, labels, sde=self.sde, classes=self.classes, seed=seed, **self.discovery_kwargs
+        )
+
+    # ------------------------------------------------------------------ generation
+    def _check_trained(self) -> None:
+        if self.module is None or not self.is_trained:
+            raise RuntimeError("The model is not trained: call `train()` before generating.")
+
+    def _sampler(self, sampler: str, n_steps: int | None, seed: int) -> TreeSampler:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
+        n_steps = DEFAULT_N_STEPS[sampler] if n_steps is None else int(n_steps)
+        network = self.module
+        network.eval()
+
+        def eps_model(x, t, branch, cell_type):
+            return network(x, t, branch, cell_type)
+
+        return TreeSampler(
+            eps_model=eps_model,
+            hierarchy=self.hierarchy,
+            sde=self.sde,
+            n_steps=n_steps,
+            method=sampler,
+            seed=seed,
+            class_conditional=network.class_conditional,
+            n_latent=network.n_latent,
+            device=self.device,
+        )
+
+    def _requested_counts(self, n_cells: int | Mapping[str, int]) -> dict[int, int]:
+        if isinstance(n_cells, Mapping):
+            unknown = [c for c in n_cells if c not in self.classes]
+            if unknown:
+                raise KeyError(f"Unknown cell types {unknown}; the model knows {list(self.classes)}.")
+            counts = {str(c): n for c, n in n_cells.items()}
+        elif isinstance(n_cells, int | np.integer) and not isinstance(n_cells, bool):
+            counts = {c: int(n_cells) for c in self.classes}
+        else:
+            raise TypeError(
+                f"`n_cells` must be an int or a mapping of cell type -> int, got {type(n_cells).__name__}."
+            )
+        bad = {c: n for c, n in counts.items() if not isinstance(n, int | np.integer) or n <= 0}
+        if bad:
+            raise ValueError(f"`n_cells` must be positive integers, got {bad}.")
+        if not counts:
+            raise ValueError("`n_cells` requests no cells.")
+        index = self.hierarchy.class_index(list(counts))
+        return {int(k): int(n) for k, n in zip(index, counts.values(), strict=True)}
+
+    def generate(
+        self,
+        n_cells: int | Mapping[str, int],
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        n_steps: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 10_000,
+    ) -> AnnData:
+        """Generate synthetic cells of the requested types.
+
+        Cells of all requested types are sampled together: each branch segment is integrated
+        once and its children start from its states (shared prefixes).
+
+        Parameters
+        ----------
+        n_cells
+            Cells per type: one int for every type, or a mapping ``{cell_type: n}``.
+        sampler
+            "sde" (Euler-Maruyama on the reverse SDE, default) or "ode" (Heun on the
+            probability-flow ODE: deterministic, fewer steps).
+        n_steps
+            Steps from t = 1 to 0 (default 500 for "sde", 100 for "ode").
+        seed
+            Seed; the same seed gives the same cells. None draws one (recorded in ``uns``).
+        batch_size
+            At most this many cells per type are integrated at once.
+
+        Returns
+        -------
+        AnnData with ``var`` of the training data: ``X`` sampled counts (scVI latent; decoded
+        expression for PCA; no genes for an obsm latent), ``layers["expected"]`` the decoded
+        mean expression, ``obs[labels_key]`` the type, ``obs["generated"] = True``,
+        ``obsm["X_latent"]`` the latent and ``uns["scbranchdiff"]`` the settings and seed.
+        """
+        self._check_trained()
+        counts = self._requested_counts(n_cells)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        tree = self._sampler(sampler, n_steps, seed)
+        latents: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        n_chunks = int(np.ceil(max(counts.values()) / batch_size))
+        for chunk in range(n_chunks):
+            chunk_counts = {
+                k: min(batch_size, n - chunk * batch_size) for k, n in counts.items() if n > chunk * batch_size
+            }
+            for k, x in tree.generate(chunk_counts, chunk=chunk).items():
+                latents[k].append(x.cpu().numpy())
+        order = sorted(counts)
+        z = self._unscale(np.concatenate([np.concatenate(latents[k]) for k in order]))
+        types = np.repeat([self.hierarchy.classes[k] for k in order], [counts[k] for k in order])
+        out = self._to_anndata(z, types, seed)
+        out.uns["scbranchdiff"] = self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)
+        return out
+
+    def _provenance(self, **settings: Any) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "model": "flat" if self.is_flat else "branched",
+            "latent": self.latent_backend.kind,
+            "hierarchy_newick": self.hierarchy.to_newick(),
+            **settings,
+        }
+
+    def _to_anndata(self, z: np.ndarray, types: np.ndarray, seed: int) -> AnnData:
+        """Decode latents into a new AnnData with `var` of the training data."""
+        rng = np.random.default_rng(seed)
+        decoded = self.latent_backend.decode(z, types, rng)
+        obs = pd.DataFrame(index=pd.Index([f"gen-{i}" for i in range(len(z))]))
+        obs[self.labels_key] = pd.Categorical(types, categories=list(self.classes))
+        obs["generated"] = True
+        for key, value in decoded.obs.items():
+            obs[key] = value
+        if decoded.X is None:
+            out = AnnData(obs=obs)
+        else:
+            out = AnnData(X=decoded.X, obs=obs, var=self.adata.var.copy())
+            for key, value in decoded.layers.items():
+                out.layers[key] = value
+        out.obsm["X_latent"] = z
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **_: Any) -> None:
+        """Save the model (latent model, scaling, hierarchy, network) to a directory.
+
+        The files are JSON and safetensors: loading them cannot run code. The save is atomic:
+        it is written beside `dir_path` and renamed into place when complete.
+
+        Parameters
+        ----------
+        dir_path
+            Target directory.
+        overwrite
+            Replace an existing directory. Without it, an existing directory raises
+            FileExistsError and is left as it was.
+        save_anndata
+            Not supported (AnnData is the user's to save); raises if True.
+        """
+        self._check_trained()
+        if save_anndata:
+            raise ValueError("`save_anndata` is not supported: save the AnnData with `adata.write_h5ad`.")
+        backend = self.latent_backend
+        metadata = {
+            "scbranchdiff_version": __version__,
+            "init_params": _plain_init_params(self.init_params_),
+            "setup_args": {"labels_key": self.labels_key, "layer": self.layer, "batch_key": self.batch_key},
+            "var_names": [str(v) for v in self.adata.var_names],
+            "classes": list(self.classes),
+            "hierarchy": self.hierarchy.to_dict(),
+            "is_flat": self.is_flat,
+            "sde": self.sde.to_dict(),
+            "network": {**self.network_config, "n_latent": self.module.n_latent,
+                        "n_branches": len(self.module.heads),
+                        "n_classes": len(self.classes) if self.is_flat else 0},
+            "latent": {"kind": backend.kind, "config": backend.config()},
+            "latent_scaling": self.latent_scaling,
+            "train_settings": self.train_settings_,
+            "extra": self._extra_metadata(),
+        }
+        tensors = {f"network.{k}": v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+        tensors.update({f"latent.{k}": v for k, v in backend.tensors().items()})
+        tensors["scaling.mean"] = self.latent_mean_
+        tensors["scaling.scale"] = self.latent_scale_
+        _io.write_model_dir(dir_path, metadata, tensors, overwrite=overwrite)
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        """Hook for subclasses / mixins to save more plain values."""
+        return {}
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        **_: Any,
+    ) -> BranchedDiffusion:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            The saved directory.
+        adata
+            AnnData with the same genes (same names; reordered if only the order differs is
+            NOT done: the order must match) and cell types known to the model; it is set up
+            with the saved ``setup_anndata`` arguments if it is not already.
+        accelerator, device
+            Where to put the network ("auto": a GPU when there is one).
+
+        Returns
+        -------
+        The model, ready to generate.
+        """
+        from scvi.model._utils import parse_device_args
+
+        metadata, tensors = _io.read_model_dir(dir_path)
+        if adata is None:
+            raise ValueError("`adata` is required to load a BranchedDiffusion model.")
+        var_names = metadata["var_names"]
+        if list(map(str, adata.var_names)) != var_names:
+            missing = sorted(set(var_names) - set(map(str, adata.var_names)))[:10]
+            extra = sorted(set(map(str, adata.var_names)) - set(var_names))[:10]
+            raise ValueError(
+                f"`adata` has other genes than the saved model ({adata.n_vars} vs {len(var_names)}"
+                f" genes; missing e.g. {missing}, unexpected e.g. {extra}; or another order)."
+            )
+        setup = metadata["setup_args"]
+        labels_key = setup["labels_key"]
+        check_labels(adata, labels_key)
+        unknown = sorted(set(adata.obs[labels_key].astype(str)) - set(metadata["classes"]))
+        if unknown:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has cell types the saved model does not know: {unknown}."
+            )
+        cls.setup_anndata(adata, **setup)
+        kind = metadata["latent"]["kind"]
+        sub = {k[len("latent."):]: v for k, v in tensors.items() if k.startswith("latent.")}
+        backend = BACKENDS[kind].from_state(metadata["latent"]["config"], sub, adata)
+        init = dict(metadata["init_params"])
+        init["latent"] = backend
+        hierarchy = Hierarchy.from_dict(metadata["hierarchy"])
+        init["hierarchy"] = hierarchy
+        model = cls(adata, **init)
+        model._restore(metadata, tensors)
+        _, _, device = parse_device_args(accelerator, device, return_device="torch", validate_single_device=True)
+        model.to_device(device)
+        return model
+
+    def _restore(self, metadata: dict, tensors: dict) -> None:
+        """Restore trained state saved by :meth:`save` (after `__init__`)."""
+        self._hierarchy_spec = "flat" if metadata["is_flat"] else self.hierarchy_
+        net = metadata["network"]
+        self.module = BranchedScoreNetwork(
+            n_latent=net["n_latent"], n_branches=net["n_branches"], n_classes=net["n_classes"],
+            n_hidden=net["n_hidden"], n_trunk_blocks=net["n_trunk_blocks"], n_head_blocks=net["n_head_blocks"],
+        )
+        state = {k[len("network."):]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("network.")}
+        self.module.load_state_dict(state)
+        self.module.eval()
+        self.latent_mean_ = tensors["scaling.mean"]
+        self.latent_scale_ = tensors["scaling.scale"]
+        self.train_settings_ = metadata.get("train_settings", {})
+        self.is_trained_ = True
+        self._load_extra_metadata(metadata.get("extra", {}))
+
+    def _load_extra_metadata(self, extra: dict[str, Any]) -> None:
+        """Hook for subclasses / mixins to restore what `_extra_metadata` saved."""
+
+
+def _has_lengths(newick: str) -> bool:
+    return ":" in newick
+
+
+def _plain_init_params(init_params: dict) -> dict:
+    """Init arguments that are plain JSON values (hierarchy and latent are saved on their own)."""
+    params = {**init_params["non_kwargs"], **init_params.get("kwargs", {}).get("kwargs", {})}
+    params.pop("hierarchy", None)
+    return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | dict | type(None))}
