@@ -177,9 +177,15 @@ class BranchedScoreNetwork(nn.Module):
             h = block(h, emb)
         if isinstance(branch, int):
             return self.heads[branch](h, emb)
+        # group samples by branch (one sort), run each head on its own contiguous chunk only,
+        # then put the rows back in their original order
+        order = torch.argsort(branch)
+        sizes = torch.bincount(branch, minlength=len(self.heads)).tolist()
+        h_chunks = torch.split(h[order], sizes)
+        emb_chunks = torch.split(emb[order], sizes)
+        outputs = [
+            self.heads[b](h_chunks[b], emb_chunks[b]) for b in range(len(sizes)) if sizes[b] > 0
+        ]
         out = torch.empty_like(x)
-        # one pass per branch present in the batch, over that branch's samples only
-        for b in torch.unique(branch).tolist():
-            idx = (branch == b).nonzero(as_tuple=True)[0]
-            out[idx] = self.heads[b](h[idx], emb[idx])
+        out[order] = torch.cat(outputs)
         return out

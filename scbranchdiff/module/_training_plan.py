@@ -139,7 +139,10 @@ class DiffusionTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        try:  # the fused kernel is several times faster on CPU as well as on GPU
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        except (RuntimeError, TypeError):  # pragma: no cover - devices without a fused kernel
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.warmup_steps, max(total // 10, 1))
 
