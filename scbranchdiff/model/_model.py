@@ -384,8 +384,11 @@ class BranchedDiffusion(BaseModelClass):
         pl.seed_everything(seed, verbose=False)
         adata = self.adata
         labels = adata.obs[self.labels_key].astype(str).to_numpy()
-        if not self.latent_backend.is_fitted or isinstance(self.latent_backend, ObsmLatent):
-            self.latent_backend.fit(
+        backend = self.latent_backend
+        if isinstance(backend, SCVILatent) and not (backend.is_fitted and backend.library):
+            # the latent model's trainer follows the same display settings
+            shown = {k: trainer_kwargs[k] for k in ("enable_progress_bar",) if k in trainer_kwargs}
+            backend.fit(
                 adata,
                 labels,
                 layer=self.layer,
@@ -393,12 +396,10 @@ class BranchedDiffusion(BaseModelClass):
                 max_epochs=latent_max_epochs,
                 accelerator=accelerator,
                 devices=devices,
-                **(latent_kwargs or {}),
-            ) if isinstance(self.latent_backend, SCVILatent) else self.latent_backend.fit(
-                adata, labels, layer=self.layer, seed=seed
+                **{**shown, **(latent_kwargs or {})},
             )
-        elif isinstance(self.latent_backend, SCVILatent) and not self.latent_backend.library:
-            self.latent_backend.fit(adata, labels, layer=self.layer, batch_key=self.batch_key)
+        elif not isinstance(backend, SCVILatent) and (not backend.is_fitted or isinstance(backend, ObsmLatent)):
+            backend.fit(adata, labels, layer=self.layer, seed=seed)
         z = self.latent_backend.encode(adata)
         if not np.isfinite(z).all():
             raise FloatingPointError("The latent representation has non-finite values.")
@@ -584,6 +585,9 @@ class BranchedDiffusion(BaseModelClass):
             out = AnnData(X=decoded.X, obs=obs, var=self.adata.var.copy())
             for key, value in decoded.layers.items():
                 out.layers[key] = value
+            if self.layer is not None and self.layer not in out.layers:
+                # mirror the training data's layout: the registered layer holds the same values
+                out.layers[self.layer] = out.X
         out.obsm["X_latent"] = z
         return out
 

@@ -111,16 +111,18 @@ class DiffusionTrainingPlan(pl.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
+    def on_train_start(self) -> None:
+        params = dict(self.network.named_parameters())
+        self.ema = {name: shadow.to(params[name].device) for name, shadow in self.ema.items()}
+        self._ema_pairs = ([self.ema[n] for n in self.ema], [params[n] for n in self.ema])
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema_decay <= 0:
+        if self.ema_decay <= 0 or not self.ema:
             return
+        shadows, params = self._ema_pairs
         with torch.no_grad():
-            for name, p in self.network.named_parameters():
-                if name in self.ema:
-                    shadow = self.ema[name]
-                    if shadow.device != p.device:
-                        shadow = self.ema[name] = shadow.to(p.device)
-                    shadow.lerp_(p.detach(), 1 - self.ema_decay)
+            # EMA: shadow <- shadow + (1 - decay) (param - shadow), one fused call for all
+            torch._foreach_lerp_(shadows, [p.detach() for p in params], 1 - self.ema_decay)
 
     def on_train_end(self) -> None:
         if self.ema_decay <= 0:
