@@ -5,6 +5,7 @@ Pure numpy / scipy / pandas: importable without torch.
 
 from ._discovery import crossover_times, discover_hierarchy, fit_split_times
 from ._hierarchy import Branch, Hierarchy
+from ._insert import insert_classes
 from ._topology import Topology
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "crossover_times",
     "discover_hierarchy",
     "fit_split_times",
+    "insert_classes",
 ]
