@@ -225,6 +225,9 @@ class TreeSampler:
                 child, x[:n], t_end, {k: counts[k] for k in wanted}, t_stop=t_stop, chunk=chunk
             )
             if isinstance(result, tuple):
+                if len(children) == 1:
+                    # one path leads to every requested class: the stop lies on it
+                    return result
                 raise ValueError("`t_stop` must lie above the lowest split of the requested types.")
             out.update(result)
         return out

@@ -24,7 +24,17 @@ from ..latent import BACKENDS, LatentBackend, ObsmLatent, PCALatent, SCVILatent
 from ..module import BranchedScoreNetwork
 from ..module._training_plan import DiffusionTrainingPlan, LatentDataModule
 from . import _io
-from ._validation import check_counts, check_labels
+from ._transmute import TransmutationMixin
+from ._validation import (
+    align_genes,
+    check_anndata,
+    check_counts,
+    check_expression,
+    check_in_memory,
+    check_labels,
+    expression_matrix,
+    warn_small_types,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +46,7 @@ DEFAULT_SAMPLER = "sde"
 DEFAULT_N_STEPS = {"sde": 500, "ode": 100}
 
 
-class BranchedDiffusion(BaseModelClass):
+class BranchedDiffusion(TransmutationMixin, BaseModelClass):
     """Hierarchically branched diffusion model of single cells (Tseng et al., TMLR 2024).
 
     Learns a cell-type hierarchy from the data, trains one reverse-diffusion branch per part
@@ -164,9 +174,9 @@ class BranchedDiffusion(BaseModelClass):
         Like every scvi-tools model, this writes the registry into ``adata.uns`` and scvi-tools'
         internal columns into ``adata.obs``. Bad input raises before anything is written.
         """
+        check_anndata(adata)
         check_labels(adata, labels_key)
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"`layer={layer!r}` is not in adata.layers (layers: {list(adata.layers)}).")
+        expression_matrix(adata, layer)
         if batch_key is not None and batch_key not in adata.obs:
             raise KeyError(f"`batch_key={batch_key!r}` is not a column of adata.obs.")
         setup_method_args = cls._get_setup_method_args(**locals())
@@ -208,10 +218,13 @@ class BranchedDiffusion(BaseModelClass):
             return latent
         if not isinstance(latent, str):
             return SCVILatent(model=latent)
+        if latent in ("scvi", "pca"):
+            check_in_memory(self.adata, f"latent={latent!r}")
         if latent == "scvi":
             check_counts(self.adata, self.layer, "latent='scvi'")
             return SCVILatent(n_latent=n_latent, scvi_kwargs=scvi_kwargs)
         if latent == "pca":
+            check_expression(self.adata, self.layer, "latent='pca'")
             return PCALatent(n_latent=n_latent)
         if latent in self.adata.obsm:
             return ObsmLatent(latent)
