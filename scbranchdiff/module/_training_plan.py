@@ -108,7 +108,11 @@ class DiffusionTrainingPlan(pl.LightningModule):
                 f"{self.global_step}: stopping (the model was not updated with it). Try a lower "
                 "`lr`, or check the latent for extreme values."
             )
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0],
+            sync_dist=distributed,
+        )
         return loss
 
     def on_train_start(self) -> None:
@@ -120,9 +124,12 @@ class DiffusionTrainingPlan(pl.LightningModule):
         if self.ema_decay <= 0 or not self.ema:
             return
         shadows, params = self._ema_pairs
+        # warm-up of the decay, so that short runs are not averaged with their first steps
+        step = self.global_step
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             # EMA: shadow <- shadow + (1 - decay) (param - shadow), one fused call for all
-            torch._foreach_lerp_(shadows, [p.detach() for p in params], 1 - self.ema_decay)
+            torch._foreach_lerp_(shadows, [p.detach() for p in params], 1 - decay)
 
     def on_train_end(self) -> None:
         if self.ema_decay <= 0:
@@ -182,5 +189,13 @@ class LatentDataModule(pl.LightningDataModule):
             )
         else:
             sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed))
-        batches = BatchSampler(sampler, self.batch_size, drop_last=False)
+        batches = _EpochBatchSampler(sampler, self.batch_size, drop_last=False)
         return DataLoader(self.dataset, sampler=batches, batch_size=None)
+
+
+class _EpochBatchSampler(BatchSampler):
+    """BatchSampler that passes Lightning's `set_epoch` on, so each DDP epoch reshuffles."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
