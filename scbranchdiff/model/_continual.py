@@ -1,0 +1,420 @@
+"""Continual learning: add cell types to a trained model without changing the old ones.
+
+METHOD.md section 6. The new types are inserted into the existing hierarchy
+(:func:`~scbranchdiff.hierarchy.insert_classes`: old split times stay, an old branch may be cut
+in two at a join time), every new branch that serves old classes where an old branch did gets a
+bit-identical, frozen copy of that branch's head, and only the heads of branches serving new
+types alone are trained, on the new cells, at the times those branches hold. The trunk, the old
+heads, the latent model and the latent scaling stay frozen.
+
+Why old types do not change: the class order only grows at the end, so old classes keep their
+indices; the sampler draws its random numbers per (seed, branch key = first class of the branch,
+global step) and steps on one global time grid, so a branch cut in two at a join time takes the
+same steps with the same noise and the same (copied) head as before. Generated cells of old types
+for a fixed seed are therefore identical before and after (tested bit for bit).
+
+Heads are copied, not shared: when the join time cuts an old branch, both pieces get their own
+copy of the old head. Two identical frozen tensors cost a little memory but keep the network a
+plain ModuleList, so ``state_dict``, save and load need nothing special.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+
+from ..hierarchy import Hierarchy, insert_classes
+from ..latent import ObsmLatent, SCVILatent
+from ..module import BranchedScoreNetwork
+from ..module._training_plan import DiffusionTrainingPlan, LatentDataModule
+from ._validation import align_genes, check_labels
+
+if TYPE_CHECKING:
+    from ..diffusion import VPSDE
+
+logger = logging.getLogger(__name__)
+
+# Default budget of an addition, in optimiser steps (a full training takes 8000).
+DEFAULT_CONTINUAL_STEPS = 2000
+# discovery_kwargs that insert_classes does not take (fit_split_times' reduction)
+_NOT_FOR_INSERT = ("reduce",)
+
+
+class ContinualTrainingPlan(DiffusionTrainingPlan):
+    """Training plan for new heads: each cell's time is drawn below its class's join time.
+
+    Parameters
+    ----------
+    network, hierarchy, sde, **kwargs
+        As in :class:`~scbranchdiff.module.DiffusionTrainingPlan`; freeze what must not train
+        (``requires_grad = False``) before building the plan.
+    t_max
+        Per class index, the upper end of the times drawn for its cells (its join time: above
+        it the class is served by frozen heads).
+    """
+
+    def __init__(
+        self,
+        network: BranchedScoreNetwork,
+        hierarchy: Hierarchy,
+        sde: VPSDE,
+        t_max: np.ndarray,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(network, hierarchy, sde, **kwargs)
+        self.register_buffer("t_max", torch.as_tensor(t_max, dtype=torch.float32), persistent=False)
+
+    def loss(self, x0: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
+        """Noise-prediction MSE at times uniform in [t_min, t_max(class)]."""
+        t_min = self.sde.t_min
+        t = t_min + torch.rand(x0.shape[0], device=x0.device) * (self.t_max[cell_type] - t_min)
+        z = torch.randn_like(x0)
+        x_t = self.sde.marginal_sample(x0, t, z)
+        branch = self.lookup(cell_type, t)
+        z_hat = self.network(x_t, t, branch, None)
+        return ((z_hat - z) ** 2).mean()
+
+
+class ContinualLearningMixin:
+    """Adds :meth:`add_cell_types` to :class:`~scbranchdiff.model.BranchedDiffusion`."""
+
+    def add_cell_types(
+        self,
+        adata_new: AnnData,
+        max_epochs: int | None = None,
+        *,
+        cell_types: Sequence[str] | None = None,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        ema_decay: float = 0.999,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Learn new cell types while every old type stays exactly as it was.
+
+        The new types are inserted into the hierarchy with the criterion that built it
+        (:func:`~scbranchdiff.hierarchy.insert_classes`, reference cells: the registered
+        AnnData); old split times do not move. Heads of branches that serve old types are
+        frozen copies of the old heads; heads of branches serving new types only are added,
+        warm-started from the head of the branch they split off, and trained on the new cells
+        at the times they hold. The trunk, the latent model and the latent scaling are frozen:
+        the new cells are encoded with the trained latent model.
+
+        Parameters
+        ----------
+        adata_new
+            Cells of one or more unseen types: same genes as the model (reordered by name when
+            only the order differs), expression in the registered layer, types in
+            ``obs[labels_key]`` (and batches in ``obs[batch_key]``, of known batches). Cells of
+            types the model knows are ignored: their branches are frozen. Not modified.
+        max_epochs
+            Passes over the new cells. Default: enough for about 2,000 optimiser steps (at
+            least 20 epochs).
+        cell_types
+            Which types of `adata_new` to add (appended in this order). Default: every type
+            the model does not know, in category order (order of appearance if not categorical).
+        batch_size, lr, ema_decay, accelerator, devices, seed, plan_kwargs, **trainer_kwargs
+            As in :meth:`train`.
+
+        Raises
+        ------
+        ValueError
+            Genes differ from the model's, a type in `cell_types` is already known or has no
+            cells, `adata_new` holds no unseen type, or the model is the flat baseline (all its
+            weights serve every type: retrain it instead). Nothing is changed then; a failure
+            during training also restores the model.
+
+        Notes
+        -----
+        After the call the new types are last in :attr:`classes` and in the hierarchy; they can
+        be generated, transmuted and saved like the others. Generated cells of old types are
+        bit-identical to those of the model before the call for the same seed and settings.
+        ``train_settings_["added_cell_types"]`` records each addition.
+        """
+        self._check_trained()
+        if self.is_flat:
+            raise ValueError(
+                "`add_cell_types` needs a branched model: the flat baseline shares every weight "
+                "between cell types, so learning a new type would change the old ones. Retrain "
+                "the flat model on all cells instead."
+            )
+        cells, labels, new_types = self._new_type_cells(adata_new, cell_types)
+        z_new = self._encode_new(cells)
+        z_ref = self._scale(self.latent_backend.encode(self.adata))
+        ref_labels = self.adata.obs[self.labels_key].astype(str).to_numpy()
+        old = self.hierarchy
+        kwargs = {k: v for k, v in self.discovery_kwargs.items() if k not in _NOT_FOR_INSERT}
+        kwargs.setdefault("seed", seed)
+        new = insert_classes(
+            old,
+            np.concatenate([z_ref, z_new]),
+            np.concatenate([ref_labels, labels]),
+            sde=self.sde,
+            new_classes=new_types,
+            **kwargs,
+        )
+        mapping = Hierarchy.map_branches(old, new)
+        network, trained = _grow_network(self.module, new, mapping)
+        t_max = _join_times(new, mapping)
+        cell_type = new.class_index(labels)
+        if max_epochs is None:
+            steps_per_epoch = int(np.ceil(len(z_new) / batch_size))
+            max_epochs = max(20, int(np.ceil(DEFAULT_CONTINUAL_STEPS / steps_per_epoch)))
+
+        saved = (self.module, getattr(self, "history_", None), getattr(self, "trainer", None))
+        library_before = dict(getattr(self.latent_backend, "library", {}))
+        batch_before = dict(getattr(self.latent_backend, "library_batch", {}))
+        try:
+            self.module = network
+            self._fit_new_heads(
+                network, new, t_max, z_new, cell_type, max_epochs=max_epochs,
+                batch_size=batch_size, lr=lr, ema_decay=ema_decay, accelerator=accelerator,
+                devices=devices, seed=seed, plan_kwargs=plan_kwargs, **trainer_kwargs,
+            )
+            if isinstance(self.latent_backend, SCVILatent):
+                # library sizes (and batches) that generated cells of the new types draw from
+                self.latent_backend.add_cell_types(cells, labels, self.layer)
+        except BaseException:
+            self.module, self.history_, self.trainer = saved
+            if isinstance(self.latent_backend, SCVILatent):
+                self.latent_backend.library = library_before
+                self.latent_backend.library_batch = batch_before
+            raise
+        for p in network.parameters():
+            p.requires_grad_(True)
+        network.eval()
+        self.hierarchy_ = new
+        self._hierarchy_spec = new
+        self.classes = new.classes
+        self._sync_label_registry()
+        self.train_settings_.setdefault("added_cell_types", []).append(
+            {
+                "cell_types": list(new_types),
+                "n_cells": int(len(z_new)),
+                "trained_heads": [int(b) for b in trained],
+                "max_epochs": int(max_epochs),
+                "batch_size": int(batch_size),
+                "lr": float(lr),
+                "ema_decay": float(ema_decay),
+                "seed": int(seed),
+            }
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _new_type_cells(
+        self, adata_new: AnnData, cell_types: Sequence[str] | None
+    ) -> tuple[AnnData, np.ndarray, list[str]]:
+        """Validate `adata_new`; return a copy of its new-type cells, their labels and the types."""
+        if not isinstance(adata_new, AnnData):
+            raise TypeError(f"`adata_new` must be an AnnData, got {type(adata_new).__name__}.")
+        labels_key = self.labels_key
+        check_labels(adata_new, labels_key)
+        names = adata_new.obs[labels_key]
+        labels = names.astype(str).to_numpy()
+        present = (
+            [str(c) for c in names.cat.categories if str(c) in set(labels)]
+            if isinstance(names.dtype, pd.CategoricalDtype)
+            else list(pd.unique(labels))
+        )
+        if cell_types is None:
+            new_types = [c for c in present if c not in self.classes]
+            if not new_types:
+                raise ValueError(
+                    f"adata_new.obs[{labels_key!r}] holds no new cell type: its types "
+                    f"{present} are all known to the model ({list(self.classes)})."
+                )
+        else:
+            if isinstance(cell_types, str):
+                cell_types = [cell_types]
+            new_types = [str(c) for c in cell_types]
+            known = [c for c in new_types if c in self.classes]
+            if known:
+                raise ValueError(
+                    f"`cell_types` {known} already exist in the model; only unseen types can be "
+                    f"added (known: {list(self.classes)})."
+                )
+            absent = [c for c in new_types if c not in present]
+            if absent:
+                raise ValueError(
+                    f"`cell_types` {absent} have no cells in adata_new.obs[{labels_key!r}] "
+                    f"(types there: {present})."
+                )
+            if len(set(new_types)) != len(new_types):
+                raise ValueError(f"`cell_types` must be unique, got {new_types}.")
+        mask = np.isin(labels, new_types)
+        if isinstance(self.latent_backend, ObsmLatent):
+            key = self.latent_backend.key
+            if key not in adata_new.obsm:
+                raise KeyError(
+                    f"The model's latent is adata.obsm[{key!r}], which adata_new lacks "
+                    f"(obsm keys: {list(adata_new.obsm)})."
+                )
+            width = np.shape(adata_new.obsm[key])[1]
+            if width != self.latent_backend.n_latent:
+                raise ValueError(
+                    f"adata_new.obsm[{key!r}] has {width} dimensions; the model's latent has "
+                    f"{self.latent_backend.n_latent}."
+                )
+            cells = adata_new[mask].copy()
+        else:
+            aligned = align_genes(adata_new, self.adata.var_names, argument="adata_new")
+            if self.layer is not None and self.layer not in aligned.layers:
+                raise KeyError(
+                    f"The model reads layer {self.layer!r}, which adata_new lacks "
+                    f"(layers: {list(aligned.layers)})."
+                )
+            cells = aligned[mask].copy()
+        if self.batch_key is not None:
+            self._check_new_batches(cells)
+        return cells, labels[mask], new_types
+
+    def _check_new_batches(self, cells: AnnData) -> None:
+        key = self.batch_key
+        if key not in cells.obs:
+            raise KeyError(f"`batch_key={key!r}` is not a column of adata_new.obs.")
+        known = {
+            str(b)
+            for b in self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        }
+        unknown = sorted(set(cells.obs[key].astype(str)) - known)
+        if unknown:
+            raise ValueError(
+                f"adata_new.obs[{key!r}] has batches the latent model was not trained on: "
+                f"{unknown} (known: {sorted(known)})."
+            )
+
+    def _encode_new(self, cells: AnnData) -> np.ndarray:
+        z = self.latent_backend.encode(cells)
+        if not np.isfinite(z).all():
+            raise ValueError(
+                "The new cells have non-finite latent coordinates: check their expression values."
+            )
+        return self._scale(z)
+
+    def _fit_new_heads(
+        self,
+        network: BranchedScoreNetwork,
+        hierarchy: Hierarchy,
+        t_max: np.ndarray,
+        z: np.ndarray,
+        cell_type: np.ndarray,
+        *,
+        max_epochs: int,
+        batch_size: int,
+        lr: float,
+        ema_decay: float,
+        accelerator: str,
+        devices: Any,
+        seed: int,
+        plan_kwargs: dict | None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        import lightning.pytorch as pl
+        from scvi.train import TrainRunner
+
+        pl.seed_everything(seed, verbose=False)
+        plan = ContinualTrainingPlan(
+            network, hierarchy, self.sde, t_max, lr=lr, ema_decay=ema_decay, **(plan_kwargs or {})
+        )
+        data = LatentDataModule(z, cell_type, batch_size=batch_size, seed=seed)
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **trainer_kwargs,
+        )
+        runner()
+
+    def _sync_label_registry(self) -> None:
+        """Append model classes missing from the registered label categories (codes unchanged).
+
+        Lets AnnData holding added types be transferred to the model's setup (e.g. by
+        `get_latent_representation` or transmutation) after `add_cell_types` or a load with an
+        AnnData lacking some types. The registered AnnData's codes stay as they are.
+        """
+        manager = getattr(self, "adata_manager", None)
+        classes = getattr(self, "classes", None)
+        if manager is None or not classes:
+            return
+        field = manager.registry["field_registries"][REGISTRY_KEYS.LABELS_KEY]
+        state = field["state_registry"]
+        mapping = np.asarray(state["categorical_mapping"])
+        missing = [c for c in classes if c not in set(map(str, mapping))]
+        if not missing:
+            return
+        state["categorical_mapping"] = np.concatenate([mapping, np.asarray(missing, dtype=mapping.dtype)])
+        stats = field.get("summary_stats", {})
+        for key in stats:
+            stats[key] = len(state["categorical_mapping"])
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
+        self._sync_label_registry()
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+
+# ---------------------------------------------------------------------- network surgery
+def _grow_network(
+    network: BranchedScoreNetwork, new: Hierarchy, mapping: dict[int, int]
+) -> tuple[BranchedScoreNetwork, list[int]]:
+    """A copy of `network` with one head per branch of `new`; only the new heads train.
+
+    Branch j of `new` gets a copy of old head ``mapping[j]`` when mapped, else a new head
+    warm-started from the head of its nearest mapped ancestor. Returns the network and the
+    indices of the trainable heads.
+    """
+    grown = copy.deepcopy(network)
+    n_old = len(grown.heads)
+    unmapped = [j for j in range(new.n_branches) if j not in mapping]
+    sources = [mapping[_nearest_mapped_ancestor(new, j, mapping)] for j in unmapped]
+    appended = dict(zip(unmapped, grown.add_heads(len(unmapped), warm_start_from=sources), strict=True))
+    used: set[int] = set()
+    heads = []
+    for j in range(new.n_branches):
+        if j in appended:
+            heads.append(grown.heads[appended[j]])
+            continue
+        head = grown.heads[mapping[j]]
+        # an old branch cut in two by a join time: each piece gets its own (identical) copy
+        heads.append(copy.deepcopy(head) if mapping[j] in used else head)
+        used.add(mapping[j])
+    assert len(heads) == new.n_branches and n_old >= len(used)
+    grown.heads = torch.nn.ModuleList(heads)
+    grown.requires_grad_(False)
+    for j in unmapped:
+        grown.heads[j].requires_grad_(True)
+    return grown, unmapped
+
+
+def _nearest_mapped_ancestor(hierarchy: Hierarchy, branch: int, mapping: dict[int, int]) -> int:
+    b = hierarchy.parent(branch)
+    while b is not None and b not in mapping:
+        b = hierarchy.parent(b)
+    if b is None:  # pragma: no cover - the root always maps (it holds every old class)
+        raise RuntimeError("The root of the grown hierarchy does not map to the old root.")
+    return b
+
+
+def _join_times(hierarchy: Hierarchy, mapping: dict[int, int]) -> np.ndarray:
+    """Per class: the lowest start of a frozen (mapped) branch on its path (0 for old classes)."""
+    t_max = np.zeros(hierarchy.n_classes, dtype=np.float32)
+    for k, c in enumerate(hierarchy.classes):
+        path = hierarchy.path(c)
+        if path[-1] not in mapping:
+            t_max[k] = min(hierarchy.branches[b].t_start for b in path if b in mapping)
+    return t_max
