@@ -24,6 +24,7 @@ from ..latent import BACKENDS, LatentBackend, ObsmLatent, PCALatent, SCVILatent
 from ..module import BranchedScoreNetwork
 from ..module._training_plan import DiffusionTrainingPlan, LatentDataModule
 from . import _io
+from ._continual import ContinualLearningMixin
 from ._transmute import TransmutationMixin
 from ._validation import (
     align_genes,
@@ -46,7 +47,7 @@ DEFAULT_SAMPLER = "sde"
 DEFAULT_N_STEPS = {"sde": 500, "ode": 100}
 
 
-class BranchedDiffusion(TransmutationMixin, BaseModelClass):
+class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelClass):
     """Hierarchically branched diffusion model of single cells (Tseng et al., TMLR 2024).
 
     Learns a cell-type hierarchy from the data, trains one reverse-diffusion branch per part
