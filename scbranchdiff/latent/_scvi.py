@@ -16,8 +16,11 @@ _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
 
 
 def counts_matrix(adata: AnnData, layer: str | None) -> Any:
-    """The count matrix of `adata` (a layer or X), without copying."""
-    return adata.X if layer is None else adata.layers[layer]
+    """The count matrix of `adata` (a layer or X), without copying (float16 is upcast)."""
+    x = adata.X if layer is None else adata.layers[layer]
+    if getattr(x, "dtype", None) == np.float16:  # torch layers and scVI's likelihoods need float32
+        x = x.astype(np.float32)
+    return x
 
 
 class SCVILatent(LatentBackend):

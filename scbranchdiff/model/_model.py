@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -327,7 +328,13 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         Array of shape (n_cells, n_latent).
         """
         self._check_latent_ready()
-        adata = self._validate_anndata(adata)
+        if adata is None:
+            adata = self.adata
+        else:
+            # checked and reordered by gene name without registering it: nothing is written into it
+            check_anndata(adata)
+            adata = align_genes(adata, self.adata.var_names)
+            expression_matrix(adata, self.layer)
         if indices is not None:
             adata = adata[np.asarray(indices)]
         return self.latent_backend.encode(adata, batch_size=batch_size)
@@ -364,6 +371,7 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         seed: int = 0,
         latent_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
+        checkpoint_dir: str | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Train the latent model (if needed), find the hierarchy and train the diffusion.
@@ -390,14 +398,33 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         plan_kwargs
             Extra arguments of :class:`~scbranchdiff.module.DiffusionTrainingPlan`
             (``weight_decay``, ``warmup_steps``).
+        checkpoint_dir
+            Write a Lightning checkpoint of the diffusion stage (weights, optimiser, EMA, epoch)
+            there after every epoch (``last.ckpt``). Resume an interrupted run by calling
+            ``train`` again with the same data and arguments plus ``ckpt_path="last"``.
         **trainer_kwargs
-            Passed to the Lightning trainer (e.g. ``enable_progress_bar=False``, ``strategy``).
+            Passed to the Lightning trainer (e.g. ``enable_progress_bar=False``, ``strategy``,
+            ``ckpt_path``). Several GPUs or nodes: ``devices=4, strategy="ddp"`` (see the
+            installation page); the weights of rank 0 end up in the model.
+
+        Raises
+        ------
+        FloatingPointError
+            When the loss becomes NaN or infinite (the message names epoch and step) or the
+            latent has non-finite values. The model is then left as it was before the call.
         """
         import lightning.pytorch as pl
 
+        if max_epochs is not None:
+            _check_positive_int("max_epochs", max_epochs)
+        _check_positive_int("batch_size", batch_size)
+        if not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
+        checkpoint_callbacks = _checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
         adata = self.adata
         labels = adata.obs[self.labels_key].astype(str).to_numpy()
+        warn_small_types(labels, self.labels_key)
         backend = self.latent_backend
         if isinstance(backend, SCVILatent) and not (backend.is_fitted and backend.library):
             # the latent model's trainer follows the same display settings
@@ -416,7 +443,14 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
             backend.fit(adata, labels, layer=self.layer, seed=seed)
         z = self.latent_backend.encode(adata)
         if not np.isfinite(z).all():
-            raise FloatingPointError("The latent representation has non-finite values.")
+            n_bad = int((~np.isfinite(z).all(axis=1)).sum())
+            raise FloatingPointError(
+                f"The latent representation has non-finite values in {n_bad} cells; expected finite "
+                "latents (check the embedding or the expression of those cells)."
+            )
+        # a failed run (NaN loss, interruption) rolls the diffusion stage back to this state
+        before = (self.module, self.hierarchy_, self.latent_mean_, self.latent_scale_, self.is_trained_)
+        weights = None if self.module is None else {k: v.clone() for k, v in self.module.state_dict().items()}
         if self.module is None:
             self._fit_scaling(z)
         z = self._scale(z)
@@ -439,6 +473,9 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         )
         trainer_kwargs.setdefault("use_distributed_sampler", False)
         trainer_kwargs.setdefault("log_every_n_steps", 1)
+        if checkpoint_callbacks:
+            trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *checkpoint_callbacks]
+            trainer_kwargs["enable_checkpointing"] = True
         runner = TrainRunner(
             self,
             training_plan=plan,
@@ -448,7 +485,15 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
             devices=devices,
             **trainer_kwargs,
         )
-        runner()
+        try:
+            runner()
+            if not all(torch.isfinite(p).all() for p in self.module.parameters()):
+                raise FloatingPointError("Training ended with non-finite weights; the model was not updated.")
+        except BaseException:
+            self.module, self.hierarchy_, self.latent_mean_, self.latent_scale_, self.is_trained_ = before
+            if weights is not None:
+                self.module.load_state_dict(weights)
+            raise
         self.module.eval()
         self.train_settings_ = {
             "max_epochs": int(max_epochs),
@@ -557,6 +602,7 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         """
         self._check_trained()
         counts = self._requested_counts(n_cells)
+        _check_positive_int("batch_size", batch_size)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         tree = self._sampler(sampler, n_steps, seed)
@@ -574,6 +620,57 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         out = self._to_anndata(z, types, seed)
         out.uns["scbranchdiff"] = self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)
         return out
+
+    def generate_to_file(
+        self,
+        path: str | Path,
+        n_cells: int | Mapping[str, int],
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        n_steps: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 10_000,
+        expected: bool = False,
+        overwrite: bool = False,
+    ) -> Path:
+        """Generate cells straight into an .h5ad file, chunk by chunk, with bounded memory.
+
+        For populations too large to hold in memory (a million cells and more): each chunk of
+        at most `batch_size` cells per type is sampled, decoded and appended to the file before
+        the next starts. The file is written beside `path` and renamed when complete. Open it
+        with ``anndata.read_h5ad(path, backed="r")`` to read it without loading X.
+
+        Parameters
+        ----------
+        path
+            Target file, ending in ".h5ad".
+        n_cells, sampler, n_steps, seed
+            As in :meth:`generate`. For a given seed, the latents of each type are those
+            :meth:`generate` returns with the same `batch_size`; counts are drawn per chunk.
+        batch_size
+            Cells per type in one chunk: peak memory grows with it.
+        expected
+            Also write ``layers["expected"]`` (dense decoded means: 4 bytes per cell and gene).
+        overwrite
+            Replace an existing file.
+
+        Returns
+        -------
+        The path of the file: ``X`` sampled counts (CSR; decoded expression for a PCA latent,
+        absent for an obsm latent), ``obs[labels_key]``, ``obs["generated"]``, per-cell decoding
+        values such as ``obs["library_size"]``, ``obsm["X_latent"]`` and ``uns["scbranchdiff"]``.
+        """
+        from ._streaming import write_generated
+
+        self._check_trained()
+        counts = self._requested_counts(n_cells)
+        _check_positive_int("batch_size", batch_size)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        return write_generated(
+            self, path, counts, sampler=sampler, n_steps=n_steps, seed=seed,
+            batch_size=int(batch_size), expected=expected, overwrite=overwrite,
+        )
 
     def _provenance(self, **settings: Any) -> dict[str, Any]:
         return {
@@ -647,6 +744,9 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         tensors.update({f"latent.{k}": v for k, v in backend.tensors().items()})
         tensors["scaling.mean"] = self.latent_mean_
         tensors["scaling.scale"] = self.latent_scale_
+        bad = [k for k, v in tensors.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(f"The model has non-finite values in {bad[:5]}; refusing to save it.")
         _io.write_model_dir(dir_path, metadata, tensors, overwrite=overwrite)
 
     def _extra_metadata(self) -> dict[str, Any]:
@@ -669,9 +769,9 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         dir_path
             The saved directory.
         adata
-            AnnData with the same genes (same names; reordered if only the order differs is
-            NOT done: the order must match) and cell types known to the model; it is set up
-            with the saved ``setup_anndata`` arguments if it is not already.
+            AnnData with the model's genes and cell types known to the model; it is set up
+            with the saved ``setup_anndata`` arguments. When only the gene order differs, a
+            copy reordered to the model's order is set up instead (with a warning).
         accelerator, device
             Where to put the network ("auto": a GPU when there is one).
 
@@ -684,14 +784,12 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         metadata, tensors = _io.read_model_dir(dir_path)
         if adata is None:
             raise ValueError("`adata` is required to load a BranchedDiffusion model.")
-        var_names = metadata["var_names"]
-        if list(map(str, adata.var_names)) != var_names:
-            missing = sorted(set(var_names) - set(map(str, adata.var_names)))[:10]
-            extra = sorted(set(map(str, adata.var_names)) - set(var_names))[:10]
-            raise ValueError(
-                f"`adata` has other genes than the saved model ({adata.n_vars} vs {len(var_names)}"
-                f" genes; missing e.g. {missing}, unexpected e.g. {extra}; or another order)."
-            )
+        missing_keys = sorted(_MODEL_KEYS - set(metadata))
+        if missing_keys:
+            raise ValueError(f"{str(dir_path)!r} is corrupted: model.json lacks {missing_keys}.")
+        check_anndata(adata)
+        # same genes in another order: a reordered copy is set up (the given AnnData is untouched)
+        adata = align_genes(adata, metadata["var_names"])
         setup = metadata["setup_args"]
         labels_key = setup["labels_key"]
         check_labels(adata, labels_key)
@@ -733,6 +831,30 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
 
     def _load_extra_metadata(self, extra: dict[str, Any]) -> None:
         """Hook for subclasses / mixins to restore what `_extra_metadata` saved."""
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+_MODEL_KEYS = frozenset(
+    ("init_params", "setup_args", "var_names", "classes", "hierarchy", "is_flat", "network", "latent")
+)
+
+
+def _checkpoint_callbacks(checkpoint_dir: str | None, trainer_kwargs: dict) -> list:
+    """A checkpoint callback writing `last.ckpt` every epoch, and checks of `ckpt_path`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_path = trainer_kwargs.get("ckpt_path")
+    if ckpt_path == "last" and checkpoint_dir is None:
+        raise ValueError('`ckpt_path="last"` needs `checkpoint_dir` (where the checkpoints were written).')
+    if ckpt_path not in (None, "last") and not Path(str(ckpt_path)).is_file():
+        raise FileNotFoundError(f"`ckpt_path={ckpt_path!r}` is not a file; expected a Lightning checkpoint.")
+    if checkpoint_dir is None:
+        return []
+    return [ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=0, every_n_epochs=1)]
 
 
 def _has_lengths(newick: str) -> bool:

@@ -12,7 +12,7 @@ import math
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..diffusion import VPSDE
@@ -141,10 +141,14 @@ class DiffusionTrainingPlan(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ema"] = {k: v.cpu() for k, v in self.ema.items()}
+        # the noise of the loss comes from torch's generator: a resumed run continues its stream
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "ema" in checkpoint:
             self.ema = {k: v.clone() for k, v in checkpoint["ema"].items()}
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]
@@ -168,8 +172,9 @@ class DiffusionTrainingPlan(pl.LightningModule):
 class LatentDataModule(pl.LightningDataModule):
     """Standardised latents and class indices in memory, served as shuffled batches.
 
-    Batches are gathered with one tensor index per batch (no per-sample collation). Under DDP
-    each process gets its own shard through a DistributedSampler.
+    Batches are gathered with one tensor index per batch (no per-sample collation). The order of
+    epoch e is a permutation seeded by (seed, e), so a run resumed from a checkpoint sees the
+    same batches as an uninterrupted one. Under DDP each process gets its own shard.
     """
 
     def __init__(self, latent: np.ndarray, cell_type: np.ndarray, batch_size: int, seed: int = 0) -> None:
@@ -183,12 +188,14 @@ class LatentDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            sampler = DistributedSampler(
-                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, seed=self.seed
-            )
-        else:
-            sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed))
+        distributed = trainer is not None and trainer.world_size > 1
+        # one process: a DistributedSampler of one replica is a permutation seeded per epoch
+        sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=trainer.world_size if distributed else 1,
+            rank=trainer.global_rank if distributed else 0,
+            seed=self.seed,
+        )
         batches = _EpochBatchSampler(sampler, self.batch_size, drop_last=False)
         return DataLoader(self.dataset, sampler=batches, batch_size=None)
 
