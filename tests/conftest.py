@@ -68,3 +68,49 @@ def simulated():
     import scbranchdiff as sbd
 
     return sbd.data.simulate_hierarchy(n_cells_per_type=150, n_genes=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def simulated_pca_model(simulated):
+    """A branched model (PCA latent, annotated tree) on 75% of `simulated`, log-normalised.
+
+    Returns (model, train, held_out); both AnnData have layers["lognorm"] (the registered
+    layer). About 30 s on 2 CPU cores. The simulated state program is type-independent.
+    """
+    import scanpy as sc
+
+    import scbranchdiff as sbd
+
+    adata = simulated[0].copy()
+    adata.layers["lognorm"] = adata.layers["counts"].copy()
+    sc.pp.normalize_total(adata, target_sum=1e4, layer="lognorm")
+    sc.pp.log1p(adata, layer="lognorm")
+    test = stratified_split(adata.obs["cell_type"], 0.25, seed=0)
+    train, held_out = adata[~test].copy(), adata[test].copy()
+    sbd.model.BranchedDiffusion.setup_anndata(train, labels_key="cell_type", layer="lognorm")
+    model = sbd.model.BranchedDiffusion(
+        train,
+        latent="pca",
+        n_latent=10,
+        n_hidden=128,
+        hierarchy=["level_1", "level_2", "cell_type"],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=300, **FAST)
+    return model, train, held_out
+
+
+@pytest.fixture(scope="session")
+def pbmc_facs_split():
+    """FACS-sorted PBMC (../shared/data), 1,000 HVGs, 25% of each type held out."""
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.read_h5ad(shared_file("pbmc_facs.h5ad"))
+    adata.layers["counts"] = adata.X.copy()
+    logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
+    sc.pp.highly_variable_genes(logged, n_top_genes=1000)
+    adata = adata[:, logged.var["highly_variable"].to_numpy()].copy()
+    test = stratified_split(adata.obs["celltype"], 0.25, seed=0)
+    return adata[~test].copy(), adata[test].copy()
