@@ -475,7 +475,6 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         trainer_kwargs.setdefault("log_every_n_steps", 1)
         if checkpoint_callbacks:
             trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *checkpoint_callbacks]
-            trainer_kwargs["enable_checkpointing"] = True
         runner = TrainRunner(
             self,
             training_plan=plan,
@@ -844,17 +843,19 @@ _MODEL_KEYS = frozenset(
 
 
 def _checkpoint_callbacks(checkpoint_dir: str | None, trainer_kwargs: dict) -> list:
-    """A checkpoint callback writing `last.ckpt` every epoch, and checks of `ckpt_path`."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """The per-epoch checkpoint callback; resolves ``ckpt_path="last"`` in `trainer_kwargs`."""
+    from ..module._training_plan import EpochCheckpoint
 
     ckpt_path = trainer_kwargs.get("ckpt_path")
-    if ckpt_path == "last" and checkpoint_dir is None:
-        raise ValueError('`ckpt_path="last"` needs `checkpoint_dir` (where the checkpoints were written).')
-    if ckpt_path not in (None, "last") and not Path(str(ckpt_path)).is_file():
+    if ckpt_path == "last":
+        if checkpoint_dir is None:
+            raise ValueError('`ckpt_path="last"` needs `checkpoint_dir` (where the checkpoints were written).')
+        last = Path(checkpoint_dir) / EpochCheckpoint.FILENAME
+        # nothing to resume (the job had not finished an epoch): start from scratch
+        trainer_kwargs["ckpt_path"] = str(last) if last.is_file() else None
+    elif ckpt_path is not None and not Path(str(ckpt_path)).is_file():
         raise FileNotFoundError(f"`ckpt_path={ckpt_path!r}` is not a file; expected a Lightning checkpoint.")
-    if checkpoint_dir is None:
-        return []
-    return [ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=0, every_n_epochs=1)]
+    return [] if checkpoint_dir is None else [EpochCheckpoint(str(checkpoint_dir))]
 
 
 def _has_lengths(newick: str) -> bool:

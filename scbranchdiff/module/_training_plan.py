@@ -206,3 +206,27 @@ class _EpochBatchSampler(BatchSampler):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+
+class EpochCheckpoint(pl.Callback):
+    """Writes `last.ckpt` (weights, optimiser, EMA, RNG, epoch) at the end of every epoch.
+
+    The file is written beside the target and renamed into place, so a job killed while saving
+    keeps the previous checkpoint whole.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import os
+
+        os.makedirs(self.dirpath, exist_ok=True)
+        target = os.path.join(self.dirpath, self.FILENAME)
+        tmp = f"{target}.tmp-{os.getpid()}"
+        trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, target)
