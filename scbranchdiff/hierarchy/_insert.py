@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._discovery import CRITERIA, LINKAGES, MarginalCoefficients, _check_min_branch_length, crossover_times
+from ._discovery import (
+    CRITERIA,
+    LINKAGES,
+    MarginalCoefficients,
+    _check_min_branch_length,
+    crossover_times,
+)
 from ._hierarchy import TIME_TOLERANCE, Branch, Hierarchy
 
 _REDUCE = {"single": np.min, "average": np.mean, "complete": np.max}
@@ -172,15 +178,16 @@ def _insert_one(hierarchy: Hierarchy, new: str, height: Any, gap: float) -> Hier
     branches: list[Branch] = []
     ancestors = set(_ancestors(hierarchy, b))
     for i, old_branch in enumerate(hierarchy.branches):
+        grown = old_branch.classes + (new,)
         if i in ancestors:
-            branches.append(Branch(old_branch.classes + (new,), old_branch.t_start, old_branch.t_end))
+            branches.append(Branch(grown, old_branch.t_start, old_branch.t_end))
         elif i == b and t_join > old_branch.t_start + TIME_TOLERANCE:
             # split the branch at the join time: the upper piece also serves the new class
-            branches.append(Branch(old_branch.classes + (new,), t_join, old_branch.t_end))
+            branches.append(Branch(grown, t_join, old_branch.t_end))
             branches.append(Branch(old_branch.classes, old_branch.t_start, t_join))
         elif i == b:
             # join at the branch's own split time: one more child
-            branches.append(Branch(old_branch.classes + (new,), old_branch.t_start, old_branch.t_end))
+            branches.append(Branch(grown, old_branch.t_start, old_branch.t_end))
         else:
             branches.append(old_branch)
     branches.append(Branch((new,), 0.0, t_join))

@@ -220,6 +220,28 @@ class ContinualLearningMixin:
             raise TypeError(f"`adata_new` must be an AnnData, got {type(adata_new).__name__}.")
         labels_key = self.labels_key
         check_labels(adata_new, labels_key)
+        # genes (or the embedding) first: a wrong AnnData is reported as such
+        if isinstance(self.latent_backend, ObsmLatent):
+            key = self.latent_backend.key
+            if key not in adata_new.obsm:
+                raise KeyError(
+                    f"The model's latent is adata.obsm[{key!r}], which adata_new lacks "
+                    f"(obsm keys: {list(adata_new.obsm)})."
+                )
+            width = np.shape(adata_new.obsm[key])[1]
+            if width != self.latent_backend.n_latent:
+                raise ValueError(
+                    f"adata_new.obsm[{key!r}] has {width} dimensions; the model's latent has "
+                    f"{self.latent_backend.n_latent}."
+                )
+            aligned = adata_new
+        else:
+            aligned = align_genes(adata_new, self.adata.var_names, argument="adata_new")
+            if self.layer is not None and self.layer not in aligned.layers:
+                raise KeyError(
+                    f"The model reads layer {self.layer!r}, which adata_new lacks "
+                    f"(layers: {list(aligned.layers)})."
+                )
         names = adata_new.obs[labels_key]
         labels = names.astype(str).to_numpy()
         present = (
@@ -253,28 +275,7 @@ class ContinualLearningMixin:
             if len(set(new_types)) != len(new_types):
                 raise ValueError(f"`cell_types` must be unique, got {new_types}.")
         mask = np.isin(labels, new_types)
-        if isinstance(self.latent_backend, ObsmLatent):
-            key = self.latent_backend.key
-            if key not in adata_new.obsm:
-                raise KeyError(
-                    f"The model's latent is adata.obsm[{key!r}], which adata_new lacks "
-                    f"(obsm keys: {list(adata_new.obsm)})."
-                )
-            width = np.shape(adata_new.obsm[key])[1]
-            if width != self.latent_backend.n_latent:
-                raise ValueError(
-                    f"adata_new.obsm[{key!r}] has {width} dimensions; the model's latent has "
-                    f"{self.latent_backend.n_latent}."
-                )
-            cells = adata_new[mask].copy()
-        else:
-            aligned = align_genes(adata_new, self.adata.var_names, argument="adata_new")
-            if self.layer is not None and self.layer not in aligned.layers:
-                raise KeyError(
-                    f"The model reads layer {self.layer!r}, which adata_new lacks "
-                    f"(layers: {list(aligned.layers)})."
-                )
-            cells = aligned[mask].copy()
+        cells = aligned[mask].copy()
         if self.batch_key is not None:
             self._check_new_batches(cells)
         return cells, labels[mask], new_types
@@ -283,10 +284,8 @@ class ContinualLearningMixin:
         key = self.batch_key
         if key not in cells.obs:
             raise KeyError(f"`batch_key={key!r}` is not a column of adata_new.obs.")
-        known = {
-            str(b)
-            for b in self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        }
+        registry = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        known = {str(b) for b in registry.categorical_mapping}
         unknown = sorted(set(cells.obs[key].astype(str)) - known)
         if unknown:
             raise ValueError(
@@ -358,7 +357,8 @@ class ContinualLearningMixin:
         missing = [c for c in classes if c not in set(map(str, mapping))]
         if not missing:
             return
-        state["categorical_mapping"] = np.concatenate([mapping, np.asarray(missing, dtype=mapping.dtype)])
+        extended = np.concatenate([mapping, np.asarray(missing, dtype=mapping.dtype)])
+        state["categorical_mapping"] = extended
         stats = field.get("summary_stats", {})
         for key in stats:
             stats[key] = len(state["categorical_mapping"])
@@ -382,7 +382,8 @@ def _grow_network(
     n_old = len(grown.heads)
     unmapped = [j for j in range(new.n_branches) if j not in mapping]
     sources = [mapping[_nearest_mapped_ancestor(new, j, mapping)] for j in unmapped]
-    appended = dict(zip(unmapped, grown.add_heads(len(unmapped), warm_start_from=sources), strict=True))
+    added = grown.add_heads(len(unmapped), warm_start_from=sources)
+    appended = dict(zip(unmapped, added, strict=True))
     used: set[int] = set()
     heads = []
     for j in range(new.n_branches):
