@@ -475,6 +475,11 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         trainer_kwargs.setdefault("log_every_n_steps", 1)
         if checkpoint_callbacks:
             trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *checkpoint_callbacks]
+        strategy = trainer_kwargs.get("strategy")
+        if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+            # a batch trains the trunk and only the heads of its samples' branches: DDP must
+            # expect parameters without gradients
+            trainer_kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
         runner = TrainRunner(
             self,
             training_plan=plan,
