@@ -140,7 +140,15 @@ class ContinualLearningMixin:
         After the call the new types are last in :attr:`classes` and in the hierarchy; they can
         be generated, transmuted and saved like the others. Generated cells of old types are
         bit-identical to those of the model before the call for the same seed and settings.
-        ``train_settings_["added_cell_types"]`` records each addition.
+        ``train_settings_["added_cell_types"]`` records each addition (saved with the model);
+        ``history_`` then holds the addition's training history.
+
+        The latent model is frozen, so it must be able to represent the new types (an scVI or
+        PCA fitted on data that holds them or similar cells): a latent fitted without a type
+        cannot express the genes only that type uses, and its generated cells then look like
+        their nearest old relative. The join points are found from the registered AnnData's
+        cells of the old types (a model loaded with an AnnData lacking some old types uses
+        the types present).
         """
         self._check_trained()
         if self.is_flat:
