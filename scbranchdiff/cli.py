@@ -1,6 +1,8 @@
-"""Command line: `scbranchdiff demo | train | generate`, for notebooks-free batch jobs.
+"""Command line: ``scbranchdiff demo | train | generate | transmute``, for batch jobs.
 
-Errors in files or arguments are printed as one line on stderr with a non-zero exit code.
+Every subcommand reads and writes plain files (.h5ad, saved model directories), shows progress
+bars on long work (``--quiet`` hides them) and reports a bad file or argument as one line on
+stderr with exit code 2 (``--traceback`` shows the full traceback instead).
 """
 
 from __future__ import annotations
@@ -8,8 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+# Errors a user causes with a file or an argument: reported as one line, exit code 2.
+USER_ERRORS = (
+    ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError, FloatingPointError,
+)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parse_counts(text: str) -> int | dict[str, int]:
@@ -19,25 +30,99 @@ def _parse_counts(text: str) -> int | dict[str, int]:
         return int(text)
     counts = {}
     for part in text.split(","):
-        if "=" not in part:
-            raise ValueError(f"--n-cells must be an integer or 'type=n,type=n', got {text!r}.")
-        name, n = part.rsplit("=", 1)
+        name, _, n = part.rpartition("=")
+        if not name.strip() or not n.strip().isdigit():
+            raise ValueError(
+                f"--n-cells must be an integer or 'type=n,type=n', got {text!r}."
+            )
         counts[name.strip()] = int(n)
     return counts
 
 
-def _read_h5ad(path: str):
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _read_h5ad(path: str, argument: str = "adata"):
     import anndata as ad
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"No such file: {path}")
-    return ad.read_h5ad(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{argument}: no such file: {path}")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as e:  # h5py/anndata raise many kinds for a file that is not .h5ad
+        raise OSError(f"{argument}: cannot read {path} as .h5ad ({type(e).__name__}: {e})") from e
 
 
-def _trainer_kwargs(args: argparse.Namespace) -> dict:
+def _check_out(path: str, overwrite: bool) -> None:
+    """Refuse to replace a file before any long work starts."""
+    if not path.endswith(".h5ad"):
+        raise ValueError(f"out: the output file must end in '.h5ad', got {path!r}.")
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"out: {path} already exists; pass --overwrite to replace it.")
+
+
+def _load_model(model_dir: str, adata):
+    import scbranchdiff as sbd
+
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model: no such model directory: {model_dir}")
+    return sbd.model.BranchedDiffusion.load(model_dir, adata=adata)
+
+
+def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"enable_progress_bar": not args.quiet}
 
 
+class _CountingSampler:
+    """Forwards to a TreeSampler and advances a progress bar by the cells each call finishes."""
+
+    def __init__(self, tree: Any, bar: Any) -> None:
+        self._tree, self._bar = tree, bar
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tree, name)
+
+    def generate(self, counts: dict[int, int], *args: Any, **kwargs: Any) -> Any:
+        result = self._tree.generate(counts, *args, **kwargs)
+        self._bar.update(sum(counts.values()))
+        return result
+
+    def descend(self, branch: int, x: Any, t_from: float, counts: dict[int, int], *args: Any, **kwargs: Any) -> Any:
+        result = self._tree.descend(branch, x, t_from, counts, *args, **kwargs)
+        self._bar.update(sum(counts.values()))
+        return result
+
+
+@contextmanager
+def _progress(model: Any, total: int, description: str, quiet: bool) -> Iterator[None]:
+    """A progress bar over cells for the model's sampling calls made inside the block."""
+    from tqdm.auto import tqdm
+
+    bars = []
+    original = model._sampler
+
+    def counting_sampler(*args: Any, **kwargs: Any) -> _CountingSampler:
+        tree = original(*args, **kwargs)  # raises on bad settings before a bar is drawn
+        if not bars:
+            bars.append(tqdm(total=total, desc=description, unit="cells", disable=quiet, file=sys.stderr))
+        return _CountingSampler(tree, bars[0])
+
+    # the sampler is built after the model has checked the request: no bar for a refused call
+    model._sampler = counting_sampler
+    try:
+        yield
+    finally:
+        del model._sampler  # back to the class's method
+        for bar in bars:
+            bar.close()
+
+
+def _total_cells(model: Any, n_cells: int | dict[str, int]) -> int:
+    return n_cells * len(model.classes) if isinstance(n_cells, int) else sum(n_cells.values())
+
+
+# ---------------------------------------------------------------------------- subcommands
 def _cmd_demo(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -50,16 +135,23 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     sbd.model.BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels", layer="counts")
     model = sbd.model.BranchedDiffusion(adata)
     start = time.perf_counter()
-    model.train(max_epochs=args.max_epochs, latent_max_epochs=args.latent_max_epochs, **_trainer_kwargs(args))
+    model.train(
+        max_epochs=args.max_epochs, latent_max_epochs=args.latent_max_epochs, seed=args.seed,
+        **_trainer_kwargs(args),
+    )
     train_s = time.perf_counter() - start
     print(model)
     start = time.perf_counter()
-    generated = model.generate(args.n_cells, seed=args.seed)
+    with _progress(model, _total_cells(model, args.n_cells), "generating", args.quiet):
+        generated = model.generate(args.n_cells, n_steps=args.n_steps, seed=args.seed)
     gen_s = time.perf_counter() - start
     generated.write_h5ad(out / "generated.h5ad")
     model.save(str(out / "model"), overwrite=True)
     sbd.pl.hierarchy(model, show=False, save=str(out / "hierarchy.png"))
-    sbd.pl.generated_vs_real(adata, generated, "bulk_labels", show=False, save=str(out / "generated_vs_real.png"))
+    sbd.pl.generated_vs_real(
+        adata, generated, "bulk_labels", layer="counts", show=False,
+        save=str(out / "generated_vs_real.png"),
+    )
     print(
         f"Trained in {train_s:.0f} s; generated {generated.n_obs} cells in {gen_s:.1f} s "
         f"({generated.n_obs / gen_s:.0f} cells/s).\nWrote {out / 'generated.h5ad'}, "
@@ -70,103 +162,272 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import scbranchdiff as sbd
 
+    if Path(args.model).exists() and not args.overwrite:
+        raise FileExistsError(f"model: {args.model} already exists; pass --overwrite to replace it.")
     adata = _read_h5ad(args.adata)
     sbd.model.BranchedDiffusion.setup_anndata(
         adata, labels_key=args.labels_key, layer=args.layer, batch_key=args.batch_key
     )
     hierarchy = args.hierarchy
-    if hierarchy not in ("auto", "flat"):
-        hierarchy = [c.strip() for c in hierarchy.split(",")] if "(" not in hierarchy else hierarchy
+    if hierarchy not in ("auto", "flat") and "(" not in hierarchy:
+        hierarchy = _split_list(hierarchy)
     model = sbd.model.BranchedDiffusion(
-        adata, latent=args.latent, n_latent=args.n_latent, hierarchy=hierarchy
+        adata, latent=args.latent, n_latent=args.n_latent, hierarchy=hierarchy,
+        n_hidden=args.n_hidden,
     )
+    trainer_kwargs = _trainer_kwargs(args)
+    if args.resume:
+        if args.checkpoint_dir is None:
+            raise ValueError("--resume needs --checkpoint-dir (where the interrupted run wrote last.ckpt).")
+        trainer_kwargs["ckpt_path"] = "last"
     model.train(
         max_epochs=args.max_epochs,
         latent_max_epochs=args.latent_max_epochs,
+        batch_size=args.batch_size,
         accelerator=args.accelerator,
-        devices=args.devices,
+        devices=_devices(args.devices),
         seed=args.seed,
-        **_trainer_kwargs(args),
+        checkpoint_dir=args.checkpoint_dir,
+        **trainer_kwargs,
     )
     model.save(args.model, overwrite=args.overwrite)
     print(model)
     print(f"Saved the model to {args.model}")
 
 
-def _cmd_generate(args: argparse.Namespace) -> None:
-    import scbranchdiff as sbd
+def _devices(text: str) -> int | str | list[int]:
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return [int(part) for part in text.split(",")]
+    return text
 
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    _check_out(args.out, args.overwrite)
+    n_cells = _parse_counts(args.n_cells)
     adata = _read_h5ad(args.adata)
-    model = sbd.model.BranchedDiffusion.load(args.model, adata=adata)
-    generated = model.generate(
-        _parse_counts(args.n_cells), sampler=args.sampler, n_steps=args.n_steps, seed=args.seed
+    model = _load_model(args.model, adata)
+    start = time.perf_counter()
+    with _progress(model, _total_cells(model, n_cells), "generating", args.quiet):
+        path = model.generate_to_file(
+            args.out, n_cells, sampler=args.sampler, n_steps=args.n_steps, seed=args.seed,
+            batch_size=args.batch_size, expected=args.expected, overwrite=args.overwrite,
+        )
+    total = _total_cells(model, n_cells)
+    print(f"Wrote {total} generated cells to {path} in {time.perf_counter() - start:.1f} s")
+
+
+def _cmd_transmute(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    _check_out(args.out, args.overwrite)
+    adata = _read_h5ad(args.adata)
+    model = _load_model(args.model, adata)
+    indices = None
+    if args.source_types is not None:
+        wanted = _split_list(args.source_types)
+        labels = adata.obs[model.labels_key].astype(str)
+        unknown = sorted(set(wanted) - set(model.classes))
+        if unknown:
+            raise ValueError(
+                f"--source-types: the model does not know {unknown} (known: {list(model.classes)})."
+            )
+        indices = np.flatnonzero(labels.isin(wanted).to_numpy())
+        if len(indices) == 0:
+            raise ValueError(f"--source-types: {args.adata} has no cells of {wanted}.")
+    n = adata.n_obs if indices is None else len(indices)
+    start = time.perf_counter()
+    with _progress(model, n, f"transmuting into {args.target}", args.quiet):
+        out = model.transmute(
+            target=args.target, indices=indices, t=args.t, method=args.method,
+            n_steps=args.n_steps, seed=args.seed, batch_size=args.batch_size,
+        )
+    out.write_h5ad(args.out)
+    print(f"Wrote {out.n_obs} cells transmuted into {args.target!r} to {args.out} in {time.perf_counter() - start:.1f} s")
+
+
+# ---------------------------------------------------------------------------- parser
+_EPILOG_ERRORS = (
+    "A bad file or argument ends the command with one line on stderr and exit code 2; "
+    "--traceback shows the full traceback."
+)
+
+
+def _common_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On subcommands the defaults are SUPPRESS so `scbranchdiff --quiet train ...` still works.
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+    parser.add_argument(
+        "--traceback", action="store_true", default=default,
+        help="show the full Python traceback on errors instead of one line",
     )
-    generated.write_h5ad(args.out)
-    print(f"Wrote {generated.n_obs} generated cells to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `scbranchdiff` command."""
+    """The argument parser of the ``scbranchdiff`` command.
+
+    Returns
+    -------
+    An :class:`argparse.ArgumentParser` with the subcommands ``demo``, ``train``,
+    ``generate`` and ``transmute``.
+
+    Examples
+    --------
+    >>> from scbranchdiff.cli import build_parser
+    >>> args = build_parser().parse_args(["generate", "model_dir", "data.h5ad", "out.h5ad"])
+    >>> args.command, args.n_cells, args.sampler
+    ('generate', '200', 'sde')
+    """
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="scbranchdiff",
-        description="Hierarchically branched diffusion models for single cells.",
+        description="Hierarchically branched diffusion models for single cells: train on an "
+        ".h5ad with cell types, then generate or transmute cells into new .h5ad files.",
+        epilog=_EPILOG_ERRORS,
+        formatter_class=fmt,
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _common_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="train on the bundled pbmc68k data, generate cells, plot")
-    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    demo.add_argument("--n-cells", type=int, default=200, help="cells per type (default: 200)")
-    demo.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (default: model default)")
-    demo.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (default: scvi-tools heuristic)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo = sub.add_parser(
+        "demo", formatter_class=fmt, epilog=_EPILOG_ERRORS,
+        help="train on the bundled pbmc68k data, generate cells and plot them",
+        description="Train a model on the bundled pbmc68k PBMCs (scVI latent, discovered "
+        "hierarchy), generate cells of every type and write OUT/generated.h5ad, OUT/model/, "
+        "OUT/hierarchy.png and OUT/generated_vs_real.png.",
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder")
+    demo.add_argument("--n-cells", type=int, default=200, help="generated cells per type")
+    demo.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (None: the model's default, about 8,000 steps)")
+    demo.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
+    demo.add_argument("--n-steps", type=int, default=None, help="sampler steps from t = 1 to 0 (None: 500)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of training and generation")
+    _common_options(demo, top=False)
     demo.set_defaults(func=_cmd_demo)
 
-    train = sub.add_parser("train", help="train a model on an .h5ad file and save it")
-    train.add_argument("adata", help="input .h5ad with cell-type labels")
+    train = sub.add_parser(
+        "train", formatter_class=fmt, epilog=_EPILOG_ERRORS,
+        help="train a model on an .h5ad file and save it",
+        description="Train a BranchedDiffusion model on ADATA (cell types in obs) and save it "
+        "to the directory MODEL.",
+    )
+    train.add_argument("adata", help="input .h5ad with raw counts and a cell-type column")
     train.add_argument("model", help="output model directory")
-    train.add_argument("--labels-key", required=True, help="obs column with cell types")
-    train.add_argument("--layer", default=None, help="layer with counts (default: X)")
-    train.add_argument("--batch-key", default=None, help="obs column with batches")
-    train.add_argument("--latent", default="scvi", help="'scvi', 'pca' or an obsm key (default: scvi)")
-    train.add_argument("--n-latent", type=int, default=10, help="latent dimension (default: 10)")
+    train.add_argument("--labels-key", required=True, help="obs column with the cell types")
+    train.add_argument("--layer", default=None, help="layer with the counts (None: X)")
+    train.add_argument("--batch-key", default=None, help="obs column with batches (scVI latent)")
+    train.add_argument(
+        "--latent", default="scvi",
+        help="latent space: 'scvi' (trained here), 'pca' (of log-normalised data) or an obsm key",
+    )
+    train.add_argument("--n-latent", type=int, default=10, help="latent dimension for 'scvi' and 'pca'")
     train.add_argument(
         "--hierarchy", default="auto",
-        help="'auto', 'flat', comma-separated obs columns coarse to fine, or a Newick string",
+        help="'auto' (discovered), 'flat' (label-guided baseline), comma-separated obs columns "
+        "from coarse to fine, or a Newick string",
     )
-    train.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs")
-    train.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs")
-    train.add_argument("--accelerator", default="auto", help="'auto', 'cpu', 'gpu' (default: auto)")
-    train.add_argument("--devices", default="auto", help="devices, e.g. 'auto', 1, 4 (default: auto)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--n-hidden", type=int, default=256, help="width of the score network")
+    train.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (None: about 8,000 steps)")
+    train.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
+    train.add_argument("--batch-size", type=int, default=256, help="minibatch size of the diffusion")
+    train.add_argument("--accelerator", default="auto", help="'auto', 'cpu', 'gpu' or 'mps'")
+    train.add_argument("--devices", default="auto", help="'auto', a number of devices, or ids like '0,1'")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument(
+        "--checkpoint-dir", default=None,
+        help="write last.ckpt there after every diffusion epoch (for preemptible jobs)",
+    )
+    train.add_argument("--resume", action="store_true", help="resume from CHECKPOINT_DIR/last.ckpt")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    _common_options(train, top=False)
     train.set_defaults(func=_cmd_train)
 
-    gen = sub.add_parser("generate", help="generate cells with a saved model")
-    gen.add_argument("model", help="model directory")
-    gen.add_argument("adata", help=".h5ad the model was trained on (or with the same genes)")
+    gen = sub.add_parser(
+        "generate", formatter_class=fmt, epilog=_EPILOG_ERRORS,
+        help="generate cells with a saved model into an .h5ad file",
+        description="Generate cells with the model in MODEL and stream them, chunk by chunk, "
+        "into OUT (bounded memory, so millions of cells are fine). ADATA sets the model up: "
+        "the .h5ad it was trained on, or one with the same genes and known cell types.",
+    )
+    gen.add_argument("model", help="saved model directory")
+    gen.add_argument("adata", help=".h5ad with the model's genes (e.g. the training data)")
     gen.add_argument("out", help="output .h5ad")
     gen.add_argument("--n-cells", default="200", help="cells per type, or 'type=n,type=n'")
-    gen.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="sampler (default: sde)")
-    gen.add_argument("--n-steps", type=int, default=None, help="integration steps")
-    gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    gen.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="reverse SDE or probability-flow ODE")
+    gen.add_argument("--n-steps", type=int, default=None, help="steps from t = 1 to 0 (None: 500 sde, 100 ode)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed")
+    gen.add_argument("--batch-size", type=int, default=10_000, help="cells per type in one chunk (peak memory)")
+    gen.add_argument("--expected", action="store_true", help="also write layers['expected'] (dense decoded means)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common_options(gen, top=False)
     gen.set_defaults(func=_cmd_generate)
+
+    tra = sub.add_parser(
+        "transmute", formatter_class=fmt, epilog=_EPILOG_ERRORS,
+        help="turn cells of an .h5ad file into another cell type",
+        description="Transmute the cells of ADATA (the model's genes and labels column) into "
+        "cells of --target with the model in MODEL and write them to OUT (one row per source "
+        "cell, with obs source_cell, source_type, target_type and t_split).",
+    )
+    tra.add_argument("model", help="saved model directory")
+    tra.add_argument("adata", help=".h5ad with the cells to transmute")
+    tra.add_argument("out", help="output .h5ad")
+    tra.add_argument("--target", required=True, help="cell type to turn the cells into")
+    tra.add_argument("--source-types", default=None, help="comma-separated types to transmute (None: every cell)")
+    tra.add_argument(
+        "--method", default="ode", choices=["ode", "sde"],
+        help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
+    )
+    tra.add_argument("--t", type=float, default=None, help="noise time in (0, 1] (None: each type's split time)")
+    tra.add_argument("--n-steps", type=int, default=None, help="steps of a full path (None: 100 ode, 500 sde)")
+    tra.add_argument("--seed", type=int, default=0, help="random seed (sde)")
+    tra.add_argument("--batch-size", type=int, default=10_000, help="cells integrated at once")
+    tra.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common_options(tra, top=False)
+    tra.set_defaults(func=_cmd_transmute)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(message).split()) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the ``scbranchdiff`` command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit code: 0 on success, 2 for a bad file or argument (one line on stderr), 130 when
+    interrupted.
+
+    Examples
+    --------
+    >>> from scbranchdiff.cli import main
+    >>> main(["generate", "no_model", "no_data.h5ad", "out.h5ad"])  # doctest: +SKIP
+    scbranchdiff generate: error: adata: no such file: no_data.h5ad
+    2
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except USER_ERRORS as e:
         if args.traceback:
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"scbranchdiff {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        print(f"scbranchdiff {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"scbranchdiff {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
