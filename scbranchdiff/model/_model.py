@@ -436,7 +436,8 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
                 batch_key=self.batch_key,
                 max_epochs=latent_max_epochs,
                 accelerator=accelerator,
-                devices=devices,
+                # scVI trains on one device: scvi-tools' own plan is not DDP-safe on CPU
+                devices=_one_device(devices),
                 **{**shown, **(latent_kwargs or {})},
             )
         elif not isinstance(backend, SCVILatent) and (not backend.is_fitted or isinstance(backend, ObsmLatent)):
@@ -835,6 +836,15 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
 
     def _load_extra_metadata(self, extra: dict[str, Any]) -> None:
         """Hook for subclasses / mixins to restore what `_extra_metadata` saved."""
+
+
+def _one_device(devices: Any) -> Any:
+    """The first of several devices (for stages that run on one device only)."""
+    if isinstance(devices, list | tuple) and len(devices) > 1:
+        return [devices[0]]
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices > 1 or devices == -1):
+        return 1
+    return devices
 
 
 def _check_positive_int(name: str, value: Any) -> None:
