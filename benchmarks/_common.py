@@ -1,0 +1,230 @@
+"""Shared helpers of the benchmark scripts: data, held-out splits, timing, memory, scores, tables.
+
+Import from a script in this folder (``from _common import ...``): running
+``python benchmarks/<script>.py`` puts this folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DOCS = ROOT / "docs" / "benchmarks.md"
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+BATCH_SIZE = 256
+RARE_CELLS = 100  # a type with fewer cells than this in the whole dataset is "rare"
+DATASETS = ("pbmc68k", "pbmc_facs", "paul15", "simulated")
+
+
+def single_thread() -> None:
+    """One BLAS/OpenMP/torch thread (the dev machine is shared; set before heavy imports)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    warnings.filterwarnings("ignore")
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "scvi", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import scvi
+
+    scvi.settings.verbosity = logging.ERROR
+
+
+# ---------------------------------------------------------------------------- data
+def simulated(quick: bool = False, seed: int = 0):
+    """Counts from the default 8-type tree; two leaves are rare (one per lineage).
+
+    Returns (adata with ``layers["counts"]``, labels key).
+    """
+    import scbranchdiff as sbd
+
+    common, rare = (120, 30) if quick else (400, 80)
+    sizes = {t: common for t in _leaves(sbd.data.DEFAULT_TREE)}
+    sizes["T_CD8"] = sizes["DC_plasmacytoid"] = rare
+    adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=sizes, n_genes=300 if quick else 500, seed=seed)
+    adata.layers["counts"] = adata.X.copy()
+    return adata, "cell_type"
+
+
+def _leaves(tree) -> list[str]:
+    if isinstance(tree, dict):
+        return [leaf for sub in tree.values() for leaf in (_leaves(sub) if sub is not None else [])] or list(tree)
+    return [leaf for sub in tree for leaf in (_leaves(sub) if not isinstance(sub, str) else [sub])]
+
+
+def load_dataset(name: str, quick: bool = False, n_hvg: int = 2000):
+    """(AnnData with raw counts in X and ``layers["counts"]``, labels key) of a benchmark dataset."""
+    import anndata as ad
+    import scanpy as sc
+
+    import scbranchdiff as sbd
+
+    if name == "simulated":
+        return simulated(quick)
+    if name == "pbmc68k":
+        adata = sbd.data.pbmc68k()
+        adata.X = adata.layers["counts"].copy()
+        return adata, "bulk_labels"
+    files = {"pbmc_facs": ("pbmc_facs.h5ad", "celltype"), "paul15": ("paul15_myeloid.h5ad", "cell_type")}
+    if name not in files:
+        raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}.")
+    path = SHARED_DATA / files[name][0]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is not available (development data in ../shared/data).")
+    adata = ad.read_h5ad(path)
+    adata.obs = adata.obs[[files[name][1]]].copy()
+    if adata.n_vars > n_hvg:
+        logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
+        sc.pp.highly_variable_genes(logged, n_top_genes=n_hvg)
+        adata = adata[:, logged.var["highly_variable"].to_numpy()].copy()
+    adata.layers["counts"] = adata.X.copy()
+    return adata, files[name][1]
+
+
+def stratified_split(labels, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out cells: ``round(fraction * n)`` cells of every type."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels).astype(str)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        mask[rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)] = True
+    return mask
+
+
+def epochs_for(steps: int, n_cells: int, batch_size: int = BATCH_SIZE) -> int:
+    """Epochs giving at least `steps` optimiser steps."""
+    return max(1, int(np.ceil(steps / np.ceil(n_cells / batch_size))))
+
+
+# ---------------------------------------------------------------------------- timing / memory
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(wall-clock seconds, result) of ``fn()``."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+class PeakMemory:
+    """Peak resident memory of this process above its level at entry (sampled every 5 ms)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        self._start = self._proc.memory_info().rss
+        self._peak = self._start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._proc.memory_info().rss)
+        self.peak_mb = (self._peak - self._start) / 2**20
+
+
+# ---------------------------------------------------------------------------- scores
+MIN_CELLS = 5  # fewest cells per side for a two-sample AUC (rare types have few held-out cells)
+
+
+def per_type_auc(reference: np.ndarray, ref_labels, other: np.ndarray, other_labels, types, seed: int = 0) -> pd.Series:
+    """kNN two-sample AUC (`metrics.c2st_auc`) per type: 0.5 = indistinguishable from `reference`."""
+    from scbranchdiff.metrics import c2st_auc
+
+    ref_labels, other_labels = np.asarray(ref_labels).astype(str), np.asarray(other_labels).astype(str)
+    out = {}
+    for t in types:
+        a, b = reference[ref_labels == t], other[other_labels == t]
+        out[t] = c2st_auc(a, b, min_cells=MIN_CELLS, seed=seed) if min(len(a), len(b)) >= MIN_CELLS else np.nan
+    return pd.Series(out, dtype=float)
+
+
+def group_mean(values: pd.Series, groups: dict[str, list[str]]) -> dict[str, float]:
+    """Mean of per-type values over each group of types (NaN ignored; NaN for an empty group)."""
+    out = {}
+    for name, types in groups.items():
+        v = values.reindex(types).dropna()
+        out[name] = float(v.mean()) if len(v) else np.nan
+    return out
+
+
+# ---------------------------------------------------------------------------- reporting
+def machine() -> str:
+    """One line: CPU model, cores, torch version and threads."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        found = re.search(r"Model name:\s*(.+)", info)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} thread(s)")
+
+
+def markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A pipe table (no tabulate dependency); NaN shown as '–'."""
+    def fmt(v):
+        if isinstance(v, float | np.floating):
+            return "–" if np.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [fmt(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
+def write_section(name: str, text: str, path: Path = DOCS) -> None:
+    """Put `text` between ``<!-- name:start -->`` / ``<!-- name:end -->`` markers in `path`.
+
+    The rest of the file (other scripts' sections, hand-written notes) is kept; a missing
+    section is appended.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def header(command: str) -> str:
+    """Date, machine and command lines of a results section."""
+    stamp = time.strftime("%Y-%m-%d %H:%M %Z")
+    return f"Run {stamp} on {machine()}.\n\n```bash\n{command}\n```\n"
+

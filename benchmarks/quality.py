@@ -1,0 +1,269 @@
+"""Quality benchmark: generated vs held-out real cells, branched diffusion against baselines.
+
+For each dataset, 40% of the cells of every type are held out and split in two halves: the
+*reference* half R (what every method is compared with) and the *floor* half F (fresh real
+cells). Every method then produces |R_t| cells of each type t, and they are scored per type
+against R:
+
+- ``auc_latent``: kNN two-sample AUC (:func:`scbranchdiff.metrics.c2st_auc`, 5-fold) in the
+  model's scVI latent (scANVI: in its own latent, against its own encodings of R); 0.5 means
+  indistinguishable from real held-out cells, 1.0 fully separable.
+- ``auc_pca``: the same AUC in an independent expression space: 30-PC PCA of log-normalised
+  counts fitted on the real training cells only (:func:`scbranchdiff.metrics.fit_expression_pca`).
+- ``label_ratio``: :func:`scbranchdiff.metrics.label_transfer_accuracy` (logistic regression on
+  that PCA, trained on real training cells) of the method's cells divided by that of R:
+  1.0 = recognised as often as held-out real cells.
+
+Types are averaged within groups: ``common`` (>= 100 cells in the dataset) and ``rare``
+(< 100 cells); a type needs 5 cells in R for an AUC (tiny types are skipped).
+
+Methods (all share one scVI, trained once on the training cells by the branched model):
+
+- ``branched``: BranchedDiffusion, hierarchy discovered from the data;
+- ``flat``: the same network (trunk, width, steps, seed) with one branch and a class embedding;
+- ``gmm``: per type a Gaussian mixture (1-5 full-covariance components, chosen by BIC) fitted
+  on the training latents, decoded by the same scVI decoder;
+- ``scanvi``: scANVI initialised from that scVI (``SCANVI.from_scvi_model``), trained with
+  the labels; z ~ p(z | y) = int N(z; f(u, y)) N(u; 0, I) du (its ``decoder_z1_z2``), decoded
+  by its own decoder with library sizes drawn from real cells of the type;
+- ``decoded_real``: the scVI latents of F decoded (the floor for anything decoded by the
+  same autoencoder);
+- ``real``: F itself (the split-half floor: what a perfect generator would score).
+
+Run: ``python benchmarks/quality.py`` (all datasets) or ``--quick --datasets simulated``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from _common import (
+    BATCH_SIZE,
+    DATASETS,
+    QUIET,
+    RARE_CELLS,
+    epochs_for,
+    group_mean,
+    header,
+    load_dataset,
+    markdown,
+    per_type_auc,
+    single_thread,
+    stratified_split,
+    timed,
+    write_section,
+)
+
+METHODS = ("branched", "flat", "gmm", "scanvi", "decoded_real", "real")
+COLUMNS = ("auc_latent", "auc_latent_rare", "auc_pca", "auc_pca_rare", "label_ratio", "label_ratio_rare", "fit_s")
+
+
+def gmm_sample(z_train: np.ndarray, labels: np.ndarray, counts: dict[str, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-type Gaussian mixtures (1-5 components by BIC) in the latent; samples of each type."""
+    from sklearn.mixture import GaussianMixture
+
+    zs, ts = [], []
+    for i, (t, n) in enumerate(counts.items()):
+        x = z_train[labels == t]
+        best = None
+        for k in range(1, min(5, max(1, len(x) // 20)) + 1):
+            g = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(x)
+            if best is None or g.bic(x) < best.bic(x):
+                best = g
+        best.random_state = seed + i
+        zs.append(best.sample(n)[0].astype(np.float32))
+        ts += [t] * n
+    return np.concatenate(zs), np.asarray(ts)
+
+
+def train_scanvi(backend, train, labels_key: str, epochs: int, seed: int):
+    """scANVI from the branched model's internal scVI, trained with the training labels."""
+    import scvi
+    from anndata import AnnData
+
+    scvi.settings.seed = seed
+    base = backend.model
+    data = AnnData(X=base.adata.X, obs=pd.DataFrame(index=base.adata.obs_names))
+    data.var_names = base.adata.var_names
+    data.obs[labels_key] = train.obs[labels_key].astype(str).to_numpy()
+    model = scvi.model.SCANVI.from_scvi_model(base, "Unknown", labels_key=labels_key, adata=data)
+    model.train(max_epochs=epochs, batch_size=128, accelerator="cpu", **QUIET)
+    return model
+
+
+def scanvi_minimal(model, adata, labels_key: str):
+    from anndata import AnnData
+
+    data = AnnData(X=adata.layers["counts"], obs=pd.DataFrame(index=adata.obs_names))
+    data.var_names = adata.var_names
+    data.obs[labels_key] = adata.obs[labels_key].astype(str).to_numpy()
+    return data
+
+
+def scanvi_sample(model, backend, counts: dict[str, int], labels_key: str, var, seed: int):
+    """z from scANVI's label-conditional prior and counts from its decoder."""
+    import torch
+    from anndata import AnnData
+    from scvi import REGISTRY_KEYS
+
+    module = model.module
+    module.eval()
+    mapping = list(model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    types = np.repeat(list(counts), list(counts.values()))
+    y = torch.as_tensor([mapping.index(t) for t in types], dtype=torch.long)[:, None]
+    lib = np.concatenate([rng.choice(backend.library[t], size=n) for t, n in counts.items()])
+    with torch.no_grad():
+        u = torch.randn(len(types), module.n_latent)
+        mean, var_ = module.decoder_z1_z2(u, y)
+        z = torch.distributions.Normal(mean, var_.sqrt()).sample()
+        out = module.generative(z=z, library=torch.as_tensor(lib, dtype=torch.float32)[:, None],
+                                batch_index=torch.zeros(len(types), 1, dtype=torch.long), y=y)
+        x = out["px"].sample().numpy().astype(np.float32)
+    gen = AnnData(X=x, obs=pd.DataFrame({labels_key: types}, index=[f"scanvi-{i}" for i in range(len(types))]), var=var.copy())
+    gen.layers["counts"] = gen.X
+    return z.numpy(), gen
+
+
+def run_dataset(name: str, args) -> pd.DataFrame:
+    import scanpy as sc  # noqa: F401  (import cost outside the timings)
+
+    import scbranchdiff as sbd
+    from scbranchdiff.metrics import fit_expression_pca, label_transfer_accuracy
+
+    t0 = time.perf_counter()
+    adata, key = load_dataset(name, args.quick)
+    labels = adata.obs[key].astype(str).to_numpy()
+    sizes = pd.Series(labels).value_counts()
+    held = stratified_split(labels, 0.4, args.seed)
+    train = adata[~held].copy()
+    held_idx = np.flatnonzero(held)
+    half = stratified_split(labels[held_idx], 0.5, args.seed + 1)
+    ref, floor = adata[held_idx[~half]].copy(), adata[held_idx[half]].copy()
+    types = [t for t in adata.obs[key].astype("category").cat.categories if t in set(labels)]
+    groups = {"common": [t for t in types if sizes[t] >= RARE_CELLS], "rare": [t for t in types if sizes[t] < RARE_CELLS]}
+    counts = {t: int((ref.obs[key].astype(str) == t).sum()) for t in types}
+    counts = {t: n for t, n in counts.items() if n > 0}
+
+    steps = args.steps
+    epochs = epochs_for(steps, train.n_obs)
+    train_kwargs = dict(latent_max_epochs=args.latent_epochs, batch_size=BATCH_SIZE, seed=args.seed,
+                        accelerator="cpu", devices=1, **QUIET)
+    sampler = dict(sampler="sde", n_steps=args.n_steps, seed=args.seed)
+
+    BD = sbd.model.BranchedDiffusion
+    data_b = train.copy()
+    BD.setup_anndata(data_b, labels_key=key, layer="counts")
+    branched = BD(data_b, n_latent=10, n_hidden=args.width)
+    fit_s = {}
+    # the scVI stage is timed apart (shared by every method)
+    t_total, _ = timed(lambda: branched.train(max_epochs=epochs, **train_kwargs))
+    backend = branched.latent_backend
+    data_f = train.copy()
+    BD.setup_anndata(data_f, labels_key=key, layer="counts")
+    flat = BD(data_f, latent=backend, hierarchy="flat", n_hidden=args.width)
+    fit_s["flat"], _ = timed(lambda: flat.train(max_epochs=epochs, **train_kwargs))
+    fit_s["branched"] = t_total  # includes the shared scVI training
+    z_train = branched.get_latent_representation()
+    z_ref = branched.get_latent_representation(ref)
+    z_floor = branched.get_latent_representation(floor)
+    ref_labels = ref.obs[key].astype(str).to_numpy()
+    floor_labels = floor.obs[key].astype(str).to_numpy()
+
+    outputs = {}  # method -> (latent, latent labels, latent reference, ref labels, AnnData)
+    for method, model in (("branched", branched), ("flat", flat)):
+        gen = model.generate(counts, **sampler)
+        outputs[method] = (gen.obsm["X_latent"], gen.obs[key], z_ref, ref_labels, gen)
+
+    def gmm():
+        z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, args.seed)
+        return z, t, branched._to_anndata(z, t, args.seed)
+
+    fit_s["gmm"], (z, t, gen) = timed(gmm)
+    outputs["gmm"] = (z, t, z_ref, ref_labels, gen)
+
+    fit_s["scanvi"], scanvi = timed(lambda: train_scanvi(backend, data_b, key, args.scanvi_epochs, args.seed))
+    z_s, gen = scanvi_sample(scanvi, backend, counts, key, train.var, args.seed)
+    z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
+    outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
+
+    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched._to_anndata(z_floor, floor_labels, args.seed))
+    outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
+
+    space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=args.seed)
+    pcs_ref = space.transform(ref)
+    acc_ref = label_transfer_accuracy(train, ref, key, layer="counts", is_counts=True, seed=args.seed)
+    rows = {}
+    for method in METHODS:
+        z, zl, zr, rl, gen = outputs[method]
+        auc_lat = per_type_auc(zr, rl, np.asarray(z), zl, types, args.seed)
+        if method in ("decoded_real", "real"):
+            auc_lat[:] = per_type_auc(z_ref, ref_labels, z_floor, floor_labels, types, args.seed)
+        auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, args.seed)
+        acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=args.seed)
+        lat, pca = group_mean(auc_lat, groups), group_mean(auc_pca, groups)
+        num, den = group_mean(acc, groups), group_mean(acc_ref, groups)
+        rows[method] = {
+            "auc_latent": lat["common"], "auc_latent_rare": lat["rare"],
+            "auc_pca": pca["common"], "auc_pca_rare": pca["rare"],
+            "label_ratio": num["common"] / den["common"] if den["common"] else np.nan,
+            "label_ratio_rare": num["rare"] / den["rare"] if den["rare"] else np.nan,
+            "fit_s": fit_s.get(method, np.nan),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
+    table.index.name = "method"
+    n_rare_scored = sum(1 for t in groups["rare"] if counts.get(t, 0) >= 5)
+    table.attrs["caption"] = (
+        f"**{name}**: {adata.n_obs} cells x {adata.n_vars} genes, {len(types)} types "
+        f"({len(groups['rare'])} rare, {n_rare_scored} of them with >= 5 reference cells); "
+        f"{train.n_obs} training / {ref.n_obs} reference / {floor.n_obs} floor cells; "
+        f"{epochs} epochs = {epochs * int(np.ceil(train.n_obs / BATCH_SIZE))} steps per diffusion model; "
+        f"{time.perf_counter() - t0:.0f} s in all."
+    )
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--quick", action="store_true", help="tiny data and budgets (smoke test)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps of both diffusion models")
+    parser.add_argument("--width", type=int, default=None, help="n_hidden of both networks")
+    parser.add_argument("--latent-epochs", type=int, default=None, help="epochs of the shared scVI")
+    parser.add_argument("--scanvi-epochs", type=int, default=None)
+    parser.add_argument("--n-steps", type=int, default=None, help="SDE sampler steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    for name, full, small in (("steps", 2000, 60), ("width", 128, 32), ("latent_epochs", 100, 3),
+                              ("scanvi_epochs", 20, 2), ("n_steps", 500, 20)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    single_thread()
+    pd.set_option("display.width", 200)
+    tables = {}
+    for name in args.datasets:
+        table = run_dataset(name, args)
+        tables[name] = table
+        print(f"\n## {name}\n{table.attrs['caption']}\n")
+        print(table.round(3).to_string(), flush=True)
+    if args.write_docs:
+        command = "OMP_NUM_THREADS=1 python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        settings = (f"Budget, the same for every method: {args.steps} optimiser steps (batch {BATCH_SIZE}) for both "
+                    f"diffusion models, width {args.width}; shared scVI {args.latent_epochs} epochs; scANVI "
+                    f"{args.scanvi_epochs} epochs from that scVI; SDE sampler with {args.n_steps} steps; seed {args.seed}.")
+        body = [header(command.replace(" --write-docs", "")), settings, ""]
+        for name, table in tables.items():
+            body += [table.attrs["caption"], "", markdown(table), ""]
+        write_section("quality", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
