@@ -153,3 +153,25 @@ def test_same_seed_same_data_gives_the_same_model_and_cells():
         first.generate(15, seed=2, n_steps=20).obsm["X_latent"],
         second.generate(15, seed=2, n_steps=20).obsm["X_latent"],
     )
+
+
+# ---------------------------------------------------------------- routing of training samples
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_hierarchy import hierarchies  # noqa: E402
+
+from scbranchdiff.module._training_plan import BranchLookup  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(hierarchies(), st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40), st.integers(0, 2**16))
+def test_training_routes_every_sample_to_the_branch_sampling_uses(h, times, seed):
+    """The tensor lookup used in the loss agrees with Hierarchy.branch_index (used by the sampler)."""
+    rng = np.random.default_rng(seed)
+    t = np.array(times + [b.t_start for b in h.branches])
+    cell_type = rng.integers(0, h.n_classes, len(t))
+    lookup = BranchLookup(h)
+    got = lookup(torch.as_tensor(cell_type), torch.as_tensor(t, dtype=torch.float32)).numpy()
+    # float32 times (as in training) may round across a boundary: compare at the rounded times
+    expected = h.branch_index(cell_type, t.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(got, expected)
