@@ -284,3 +284,4 @@ def test_latent_of_new_cells_reorders_genes_and_writes_nothing(trained):
     assert _state(shuffled) == before, "a never set-up AnnData is not registered or changed"
     with pytest.raises(ValueError, match=r"1 missing, e.g. \['.+'\]"):
         trained.get_latent_representation(query[:, 1:].copy())
+    np.testing.assert_allclose(trained.get_latent_representation(query[:10]), expected[:10], rtol=1e-4, atol=1e-4)

@@ -331,8 +331,10 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         if adata is None:
             adata = self.adata
         else:
-            # checked and reordered by gene name without registering it: nothing is written into it
-            check_anndata(adata)
+            # checked and reordered by gene name without registering it: nothing is written into
+            # it, so views and never set-up AnnData are fine
+            if not isinstance(adata, AnnData):
+                raise TypeError(f"`adata` must be an AnnData or None, got {type(adata).__name__}.")
             adata = align_genes(adata, self.adata.var_names)
             expression_matrix(adata, self.layer)
         if indices is not None:
