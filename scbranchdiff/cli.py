@@ -149,8 +149,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     model.save(str(out / "model"), overwrite=True)
     sbd.pl.hierarchy(model, show=False, save=str(out / "hierarchy.png"))
     sbd.pl.generated_vs_real(
-        adata, generated, "bulk_labels", layer="counts", show=False,
-        save=str(out / "generated_vs_real.png"),
+        adata, generated, "bulk_labels", layer="counts", basis=args.basis, per_type=True,
+        show=False, save=str(out / "generated_vs_real.png"),
     )
     print(
         f"Trained in {train_s:.0f} s; generated {generated.n_obs} cells in {gen_s:.1f} s "
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
     demo.add_argument("--n-steps", type=int, default=None, help="sampler steps from t = 1 to 0 (None: 500)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of training and generation")
+    demo.add_argument(
+        "--basis", default="umap", choices=["umap", "pca"],
+        help="embedding of generated_vs_real.png (fitted on the real cells)",
+    )
     _common_options(demo, top=False)
     demo.set_defaults(func=_cmd_demo)
 

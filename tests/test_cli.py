@@ -172,7 +172,7 @@ def test_demo_runs_in_small_settings(tmp_path, capsys):
     """The README's `make demo`, with tiny training: files written, figures non-empty."""
     out = tmp_path / "demo"
     code = main(["--quiet", "demo", "--out", str(out), "--max-epochs", "2",
-                 "--latent-max-epochs", "2", "--n-cells", "10", "--n-steps", "20"])
+                 "--latent-max-epochs", "2", "--n-cells", "10", "--n-steps", "20", "--basis", "pca"])
     assert code == 0
     for name in ["generated.h5ad", "hierarchy.png", "generated_vs_real.png", "model/model.json"]:
         assert (out / name).exists(), name
