@@ -35,6 +35,17 @@ def euler_maruyama(
     """Integrate the reverse SDE dx = [f(x, t) - g(t)^2 score] dt + g(t) dW over a decreasing grid.
 
     `first_step` is the global index of the first step of `ts`, passed to `noise_fn`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scbranchdiff.diffusion import VPSDE, euler_maruyama, time_grid
+    >>> sde = VPSDE()
+    >>> eps_fn = lambda x, t: sde.sigma(torch.tensor(t)) * x  # exact for x_0 ~ N(0, I)
+    >>> noise_fn = lambda step: torch.randn(2000, 2)  # the noise of each step
+    >>> x0 = euler_maruyama(eps_fn, torch.randn(2000, 2), time_grid(200, sde), sde, noise_fn)
+    >>> bool(abs(x0.std() - 1) < 0.1)
+    True
     """
     for i in range(len(ts) - 1):
         t, dt = ts[i], ts[i + 1] - ts[i]
@@ -51,6 +62,19 @@ def probability_flow_heun(
     """Integrate the probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 score with Heun's method.
 
     Works in both directions: a decreasing grid generates, an increasing grid encodes.
+
+    Examples
+    --------
+    For data x_0 ~ N(0, I) the exact noise prediction is eps(x, t) = sigma(t) x, and the ODE
+    keeps the standard normal:
+
+    >>> import torch
+    >>> from scbranchdiff.diffusion import VPSDE, probability_flow_heun, time_grid
+    >>> sde = VPSDE()
+    >>> eps_fn = lambda x, t: sde.sigma(torch.tensor(t)) * x
+    >>> x0 = probability_flow_heun(eps_fn, torch.randn(2000, 2), time_grid(50, sde), sde)
+    >>> bool(abs(x0.std() - 1) < 0.1)
+    True
     """
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -68,13 +92,32 @@ def probability_flow_heun(
 
 
 def denoise(eps_fn: EpsFn, x: torch.Tensor, t: float, sde: VPSDE) -> torch.Tensor:
-    """Tweedie's estimate of x_0 from x_t: (x_t - s(t) z_hat) / a(t), taken at the last step."""
+    """Tweedie's estimate of x_0 from x_t: (x_t - s(t) z_hat) / a(t), taken at the last step.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scbranchdiff.diffusion import VPSDE, denoise
+    >>> sde = VPSDE()
+    >>> x0, z, t = torch.ones(3, 2), torch.randn(3, 2), 0.3
+    >>> x_t = sde.alpha(torch.tensor(t)) * x0 + sde.sigma(torch.tensor(t)) * z
+    >>> torch.allclose(denoise(lambda x, s: z, x_t, t, sde), x0, atol=1e-5)  # perfect eps: x_0 back
+    True
+    """
     tt = torch.tensor(t)
     return (x - sde.sigma(tt).item() * eps_fn(x, t)) / sde.alpha(tt).item()
 
 
 def time_grid(n_steps: int, sde: VPSDE, t_max: float = 1.0) -> list[float]:
-    """`n_steps` + 1 evenly spaced times from `t_max` down to `sde.t_min`."""
+    """`n_steps` + 1 evenly spaced times from `t_max` down to `sde.t_min`.
+
+    Examples
+    --------
+    >>> from scbranchdiff.diffusion import VPSDE, time_grid
+    >>> ts = time_grid(4, VPSDE())
+    >>> len(ts), ts[0]
+    (5, 1.0)
+    """
     if n_steps < 1:
         raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
     return torch.linspace(t_max, sde.t_min, n_steps + 1, dtype=torch.float64).tolist()

@@ -36,6 +36,13 @@ class VPSDE:
         reference single-cell code leaves a(1) = 0.28 and is refused.
     t_min
         Smallest time used in training and sampling (avoids the singular score at t = 0).
+
+    Examples
+    --------
+    >>> from scbranchdiff.diffusion import VPSDE
+    >>> sde = VPSDE()
+    >>> round(float(sde.alpha(0.5)), 3), round(float(sde.sigma(0.5)), 3)  # x_t = alpha x_0 + sigma z
+    (0.281, 0.96)
     """
 
     beta_min: float = 0.1

@@ -59,6 +59,16 @@ class TreeSampler:
         Dimension of the states.
     device, dtype
         Where the states live.
+
+    Examples
+    --------
+    With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+    its example):
+
+    >>> tree = model._sampler("ode", n_steps=50, seed=0)  # the model builds its TreeSampler
+    >>> latents = tree.generate({0: 10, 1: 5})  # class index -> cells
+    >>> latents[0].shape[0], latents[1].shape[0]
+    (10, 5)
     """
 
     eps_model: EpsModel

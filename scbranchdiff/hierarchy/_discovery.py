@@ -106,6 +106,22 @@ def crossover_times(
     -----
     A class with a single cell is a point mass: ``"cosine"`` pairs independent noisings of
     that cell as its intra-class pairs, ``"gaussian"`` gives it zero covariance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.diffusion import VPSDE
+    >>> rng = np.random.default_rng(0)
+    >>> centres = {"B": [0, 0], "T": [0.6, 0], "Mono": [5, 5]}
+    >>> latent = np.concatenate([rng.normal(size=(100, 2)) * 0.3 + c for c in centres.values()])
+    >>> latent = (latent - latent.mean(0)) / latent.std()  # centred and scaled, like the model's
+    >>> labels = np.repeat(list(centres), 100)
+    >>> from scbranchdiff.hierarchy import crossover_times
+    >>> classes, times = crossover_times(latent, labels, sde=VPSDE())
+    >>> classes
+    ('B', 'Mono', 'T')
+    >>> bool(times[0, 2] < times[0, 1])  # B and T become alike sooner than B and Mono
+    True
     """
     latent, codes, classes_out = _prepare(latent, labels, classes)
     if criterion not in CRITERIA:
@@ -220,6 +236,20 @@ def discover_hierarchy(
     Returns
     -------
     The hierarchy, with classes in the order of `crossover_times`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.diffusion import VPSDE
+    >>> rng = np.random.default_rng(0)
+    >>> centres = {"B": [0, 0], "T": [0.6, 0], "Mono": [5, 5]}
+    >>> latent = np.concatenate([rng.normal(size=(100, 2)) * 0.3 + c for c in centres.values()])
+    >>> latent = (latent - latent.mean(0)) / latent.std()  # centred and scaled, like the model's
+    >>> labels = np.repeat(list(centres), 100)
+    >>> from scbranchdiff.hierarchy import discover_hierarchy
+    >>> tree = discover_hierarchy(latent, labels, sde=VPSDE())
+    >>> bool(tree.split_time("B", "T") < tree.split_time("B", "Mono"))
+    True
     """
     if linkage is None:
         linkage = "single" if criterion == "cosine" else "average"
@@ -269,6 +299,20 @@ def fit_split_times(
         Shortest diffusion-time length of a branch.
     **crossover_kwargs
         Passed to `crossover_times` (criterion, delta, epsilon, n_times, seed, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.diffusion import VPSDE
+    >>> rng = np.random.default_rng(0)
+    >>> centres = {"B": [0, 0], "T": [0.6, 0], "Mono": [5, 5]}
+    >>> latent = np.concatenate([rng.normal(size=(100, 2)) * 0.3 + c for c in centres.values()])
+    >>> latent = (latent - latent.mean(0)) / latent.std()  # centred and scaled, like the model's
+    >>> labels = np.repeat(list(centres), 100)
+    >>> from scbranchdiff.hierarchy import fit_split_times
+    >>> tree = fit_split_times((("B", "T"), "Mono"), latent, labels, sde=VPSDE())
+    >>> sorted(tree.branches[tree.common_branch("B", "T")].classes)
+    ['B', 'T']
     """
     if not isinstance(topology, Topology):
         if isinstance(topology, str):

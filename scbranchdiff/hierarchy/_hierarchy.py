@@ -41,6 +41,13 @@ class Branch:
         Lower end of the interval (0 for leaves).
     t_end
         Upper end of the interval (1 for the root).
+
+    Examples
+    --------
+    >>> from scbranchdiff import Branch
+    >>> branch = Branch(("CD4 T", "CD8 T"), t_start=0.2, t_end=0.5)
+    >>> branch.is_leaf, round(branch.length, 2)
+    (False, 0.3)
     """
 
     classes: tuple[str, ...]
@@ -84,6 +91,23 @@ class Hierarchy:
     ------
     ValueError
         When the branches do not form such a tree; the message names the offending branch.
+
+    Examples
+    --------
+    >>> from scbranchdiff import Branch, Hierarchy
+    >>> tree = Hierarchy(["B", "T", "Mono"], [
+    ...     Branch(("B", "T", "Mono"), 0.6, 1.0),
+    ...     Branch(("B", "T"), 0.3, 0.6),
+    ...     Branch(("B",), 0.0, 0.3),
+    ...     Branch(("T",), 0.0, 0.3),
+    ...     Branch(("Mono",), 0.0, 0.6),
+    ... ])
+    >>> tree.split_time("B", "T")
+    0.3
+    >>> [tree.branches[b].classes for b in tree.path("T")]
+    [('B', 'T', 'Mono'), ('B', 'T'), ('T',)]
+    >>> Hierarchy.from_dict(tree.to_dict()) == tree
+    True
     """
 
     def __init__(self, classes: Sequence[str], branches: Sequence[Branch]) -> None:

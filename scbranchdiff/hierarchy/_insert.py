@@ -91,6 +91,23 @@ def insert_classes(
         When a new class is already in `old`, has no cells, a new class is repeated, no cells of
         any old class are given, or `old` is a flat hierarchy of several classes (it has no
         branch points to keep).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.diffusion import VPSDE
+    >>> rng = np.random.default_rng(0)
+    >>> centres = {"B": [0, 0], "T": [0.6, 0], "Mono": [5, 5]}
+    >>> latent = np.concatenate([rng.normal(size=(100, 2)) * 0.3 + c for c in centres.values()])
+    >>> latent = (latent - latent.mean(0)) / latent.std()  # centred and scaled, like the model's
+    >>> labels = np.repeat(list(centres), 100)
+    >>> from scbranchdiff.hierarchy import discover_hierarchy, insert_classes
+    >>> old = discover_hierarchy(latent[labels != "T"], labels[labels != "T"], sde=VPSDE())
+    >>> grown = insert_classes(old, latent, labels, sde=VPSDE())
+    >>> grown.classes  # new classes last
+    ('B', 'Mono', 'T')
+    >>> grown.split_time("B", "Mono") == old.split_time("B", "Mono")  # old split times kept
+    True
     """
     if criterion not in CRITERIA:
         raise ValueError(f"`criterion` must be one of {CRITERIA}, got {criterion!r}.")

@@ -33,6 +33,15 @@ class Topology:
     ----------
     tree
         Nested tuples whose leaves are class names, e.g. ``(("CD4", "CD8"), "B")``.
+
+    Examples
+    --------
+    >>> from scbranchdiff.hierarchy import Topology
+    >>> topology = Topology(((("CD4", "CD8"),), "B"))
+    >>> topology.classes, topology.n_classes
+    (('CD4', 'CD8', 'B'), 3)
+    >>> topology == Topology((("CD4", "CD8"), "B"))  # single-child groups collapse
+    True
     """
 
     tree: TopologyNode

@@ -23,6 +23,14 @@ class DecodedCells:
         Extra matrices, e.g. "expected" (decoded mean expression).
     obs
         Per-cell values drawn while decoding (e.g. the library size used).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.latent import DecodedCells
+    >>> cells = DecodedCells(X=np.ones((2, 3)), layers={"expected": np.ones((2, 3))})
+    >>> cells.X.shape, list(cells.layers)
+    ((2, 3), ['expected'])
     """
 
     X: np.ndarray | sp.spmatrix | None
@@ -35,6 +43,17 @@ class LatentBackend(ABC):
 
     Subclasses implement `fit`, `encode`, `decode` and the plain-value state used by
     `BranchedDiffusion.save` (`config` + `tensors`, restored by `from_state`).
+
+    Examples
+    --------
+    >>> import scbranchdiff as sbd
+    >>> adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=60, n_genes=300, seed=0)
+    >>> real, other = adata[::2].copy(), adata[1::2].copy()  # two halves of the same cells
+    >>> import numpy as np
+    >>> backend = sbd.latent.PCALatent(n_latent=5)  # a LatentBackend
+    >>> backend.fit(real, np.asarray(real.obs["cell_type"]))
+    >>> backend.encode(other).shape
+    (240, 5)
     """
 
     #: short name recorded in saved models

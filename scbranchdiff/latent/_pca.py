@@ -20,6 +20,24 @@ class PCALatent(LatentBackend):
     ----------
     n_latent
         Number of principal components.
+
+    Examples
+    --------
+    >>> import scbranchdiff as sbd
+    >>> adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=60, n_genes=300, seed=0)
+    >>> real, other = adata[::2].copy(), adata[1::2].copy()  # two halves of the same cells
+    >>> import numpy as np
+    >>> import scanpy as sc
+    >>> sc.pp.normalize_total(real, target_sum=1e4)
+    >>> sc.pp.log1p(real)
+    >>> backend = sbd.latent.PCALatent(n_latent=5)
+    >>> backend.fit(real, np.asarray(real.obs["cell_type"]))
+    >>> z = backend.encode(real)
+    >>> decoded = backend.decode(z, np.asarray(real.obs["cell_type"]), np.random.default_rng(0))
+    >>> z.shape, decoded.X.shape
+    ((240, 5), (240, 300))
+
+    In a model: ``BranchedDiffusion(adata, latent="pca", n_latent=10)``.
     """
 
     kind = "pca"
@@ -75,6 +93,20 @@ class ObsmLatent(LatentBackend):
     ----------
     key
         The obsm key.
+
+    Examples
+    --------
+    >>> import scbranchdiff as sbd
+    >>> adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=60, n_genes=300, seed=0)
+    >>> real, other = adata[::2].copy(), adata[1::2].copy()  # two halves of the same cells
+    >>> import numpy as np
+    >>> real.obsm["X_embedding"] = np.random.default_rng(0).normal(size=(real.n_obs, 4))
+    >>> backend = sbd.latent.ObsmLatent("X_embedding")
+    >>> backend.fit(real, np.asarray(real.obs["cell_type"]))
+    >>> backend.encode(real).shape, backend.can_decode
+    ((240, 4), False)
+
+    In a model: ``BranchedDiffusion(adata, latent="X_embedding")``.
     """
 
     kind = "obsm"

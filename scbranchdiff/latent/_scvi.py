@@ -42,6 +42,21 @@ class SCVILatent(LatentBackend):
     and batch column, so training it writes nothing into the user's AnnData.
     Library sizes (and batches) of generated cells are drawn from the training cells of the
     requested type, so generated cells have the depth distribution of real cells of that type.
+
+    Examples
+    --------
+    The default backend of :class:`~scbranchdiff.model.BranchedDiffusion` (``latent="scvi"``);
+    an scVI model trained elsewhere is wrapped as is:
+
+    >>> import scvi
+    >>> import scbranchdiff as sbd
+    >>> adata = sbd.data.pbmc68k()
+    >>> scvi.model.SCVI.setup_anndata(adata, layer="counts")
+    >>> vae = scvi.model.SCVI(adata, n_latent=10)
+    >>> vae.train(max_epochs=2, enable_progress_bar=False)
+    >>> backend = sbd.latent.SCVILatent(vae)
+    >>> backend.is_fitted, backend.encode(adata).shape
+    (True, (700, 10))
     """
 
     kind = "scvi"

@@ -241,6 +241,18 @@ def evaluate(
     ValueError
         Genes differ (the message names them), no cell type is shared, or the two sides hold
         different kinds of values (counts vs log-normalised) without ``is_counts``.
+
+    Examples
+    --------
+    >>> import scbranchdiff as sbd
+    >>> adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=60, n_genes=300, seed=0)
+    >>> real, other = adata[::2].copy(), adata[1::2].copy()  # two halves of the same cells
+    >>> scores = sbd.metrics.evaluate(real, other, "cell_type", layer="counts")
+    >>> scores.loc["T_CD4", ["c2st_auc", "c2st_auc_split_half"]].between(0, 1).all()
+    True
+
+    For generated cells: ``sbd.metrics.evaluate(adata, model.generate(200), "bulk_labels",
+    layer="counts")``.
     """
     if max_cells_per_type < 2:
         raise ValueError(f"`max_cells_per_type` must be at least 2, got {max_cells_per_type!r}.")

@@ -149,6 +149,29 @@ class ContinualLearningMixin:
         their nearest old relative. The join points are found from the registered AnnData's
         cells of the old types (a model loaded with an AnnData lacking some old types uses
         the types present).
+
+        Examples
+        --------
+        Train on seven simulated types, then learn the eighth:
+
+        >>> import scanpy as sc
+        >>> import scbranchdiff as sbd
+        >>> adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=60, n_genes=300, seed=0)
+        >>> sc.pp.normalize_total(adata, target_sum=1e4)
+        >>> sc.pp.log1p(adata)
+        >>> is_new = (adata.obs["cell_type"] == "T_CD8").to_numpy()
+        >>> old = adata[~is_new].copy()
+        >>> old.obs["cell_type"] = old.obs["cell_type"].cat.remove_unused_categories()
+        >>> sbd.model.BranchedDiffusion.setup_anndata(old, labels_key="cell_type")
+        >>> model = sbd.model.BranchedDiffusion(old, latent="pca", n_hidden=64)
+        >>> model.train(max_epochs=20, enable_progress_bar=False)
+        >>> before = model.generate(10, seed=0)
+        >>> model.add_cell_types(adata[is_new].copy(), max_epochs=20, enable_progress_bar=False)
+        >>> model.classes[-1]
+        'T_CD8'
+        >>> after = model.generate(10, seed=0)
+        >>> bool((after.obsm["X_latent"][:70] == before.obsm["X_latent"]).all())  # old types unchanged
+        True
         """
         self._check_trained()
         if self.is_flat:

@@ -175,6 +175,12 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         -----
         Like every scvi-tools model, this writes the registry into ``adata.uns`` and scvi-tools'
         internal columns into ``adata.obs``. Bad input raises before anything is written.
+
+        Examples
+        --------
+        >>> import scbranchdiff as sbd
+        >>> adata = sbd.data.pbmc68k()
+        >>> sbd.model.BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels", layer="counts")
         """
         check_anndata(adata)
         check_labels(adata, labels_key)
@@ -326,6 +332,15 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         Returns
         -------
         Array of shape (n_cells, n_latent).
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> z = model.get_latent_representation()  # cells x n_latent
+        >>> z.shape == (model.adata.n_obs, model.latent_backend.n_latent)
+        True
         """
         self._check_latent_ready()
         if adata is None:
@@ -414,6 +429,18 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         FloatingPointError
             When the loss becomes NaN or infinite (the message names epoch and step) or the
             latent has non-finite values. The model is then left as it was before the call.
+
+        Examples
+        --------
+        A short run (``model.train()`` trains properly):
+
+        >>> import scbranchdiff as sbd
+        >>> adata = sbd.data.pbmc68k()
+        >>> sbd.model.BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels", layer="counts")
+        >>> model = sbd.model.BranchedDiffusion(adata, n_hidden=64)
+        >>> model.train(max_epochs=2, latent_max_epochs=2, enable_progress_bar=False)
+        >>> model.hierarchy.n_classes
+        10
         """
         import lightning.pytorch as pl
 
@@ -606,6 +633,17 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         expression for PCA; no genes for an obsm latent), ``layers["expected"]`` the decoded
         mean expression, ``obs[labels_key]`` the type, ``obs["generated"] = True``,
         ``obsm["X_latent"]`` the latent and ``uns["scbranchdiff"]`` the settings and seed.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> cells = model.generate({"CD14+ Monocyte": 30, "CD19+ B": 20}, seed=0)
+        >>> cells.obs["bulk_labels"].value_counts()[["CD14+ Monocyte", "CD19+ B"]].tolist()
+        [30, 20]
+        >>> cells.X.shape[1] == model.adata.n_vars
+        True
         """
         self._check_trained()
         counts = self._requested_counts(n_cells)
@@ -666,6 +704,18 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         The path of the file: ``X`` sampled counts (CSR; decoded expression for a PCA latent,
         absent for an obsm latent), ``obs[labels_key]``, ``obs["generated"]``, per-cell decoding
         values such as ``obs["library_size"]``, ``obsm["X_latent"]`` and ``uns["scbranchdiff"]``.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> import anndata as ad
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "cells.h5ad")
+        >>> _ = model.generate_to_file(path, 20, n_steps=50, seed=0)
+        >>> ad.read_h5ad(path, backed="r").n_obs  # 20 cells of each of 10 types
+        200
         """
         from ._streaming import write_generated
 
@@ -725,6 +775,17 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
             FileExistsError and is left as it was.
         save_anndata
             Not supported (AnnData is the user's to save); raises if True.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "pbmc_model")
+        >>> model.save(path)
+        >>> sorted(os.listdir(path))
+        ['model.json', 'model.safetensors']
         """
         self._check_trained()
         if save_anndata:
@@ -785,6 +846,18 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         Returns
         -------
         The model, ready to generate.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "pbmc_model")
+        >>> model.save(path)
+        >>> loaded = sbd.model.BranchedDiffusion.load(path, adata=model.adata)
+        >>> loaded.hierarchy == model.hierarchy
+        True
         """
         from scvi.model._utils import parse_device_args
 

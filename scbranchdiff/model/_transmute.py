@@ -115,6 +115,17 @@ class TransmutationMixin:
         **Flat model.** The flat (label-guided) model has one branch for every type, so no
         split time: pass `t` (e.g. the split time of the branched model for the same types).
         Its states at ``t`` are then decoded with the class label switched to `target`.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> adata = model.adata
+        >>> monocytes = (adata.obs["bulk_labels"] == "CD14+ Monocyte").to_numpy()
+        >>> b_cells = model.transmute(adata, target="CD19+ B", indices=monocytes)
+        >>> b_cells.obs[["source_type", "target_type"]].drop_duplicates().values.tolist()
+        [['CD14+ Monocyte', 'CD19+ B']]
         """
         self._check_trained()
         if method not in SAMPLERS:
@@ -334,6 +345,15 @@ class TransmutationMixin:
         a hybrid of the types. ``obsm["X_latent"]`` is that estimate. With an scVI latent the
         library sizes of intermediates are drawn from the cells of `cell_types`.
         The flat model shares no states between types and raises ValueError.
+
+        Examples
+        --------
+        With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+        its example):
+
+        >>> states = model.sample_intermediates(["CD14+ Monocyte", "Dendritic"], n_cells=20)
+        >>> states.obs["stage"].value_counts().to_dict()
+        {'leaf': 40, 'intermediate': 20}
         """
         self._check_trained()
         if self.is_flat:

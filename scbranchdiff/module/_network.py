@@ -89,6 +89,16 @@ class BranchedScoreNetwork(nn.Module):
         Number of random Fourier features of t.
     dropout
         Dropout inside residual blocks.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scbranchdiff.module import BranchedScoreNetwork
+    >>> network = BranchedScoreNetwork(n_latent=10, n_branches=5, n_hidden=64)
+    >>> x, t = torch.randn(8, 10), torch.rand(8)
+    >>> branch = torch.tensor([0, 0, 1, 1, 2, 3, 4, 4])  # one head per branch
+    >>> network(x, t, branch).shape  # predicted noise
+    torch.Size([8, 10])
     """
 
     def __init__(

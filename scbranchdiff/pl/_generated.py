@@ -87,6 +87,16 @@ def generated_vs_real(
     -------
     When ``show`` is False, the Axes by name: "real", "generated" and, with ``per_type``,
     one per cell type.
+
+    Examples
+    --------
+    With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+    its example):
+
+    >>> generated = model.generate(50, n_steps=50, seed=0)
+    >>> axes = sbd.pl.generated_vs_real(
+    ...     model.adata, generated, "bulk_labels", layer="counts", basis="pca", show=False
+    ... )
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     generated_types = cell_types(adata_generated, labels_key, name="adata_generated")

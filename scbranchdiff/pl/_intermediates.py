@@ -89,6 +89,14 @@ def intermediates(
     Returns
     -------
     The Axes when ``show`` is False, else None.
+
+    Examples
+    --------
+    With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+    its example):
+
+    >>> states = model.sample_intermediates(["CD14+ Monocyte", "Dendritic"], n_cells=30, n_steps=50)
+    >>> ax = sbd.pl.intermediates(model.adata, states, "bulk_labels", layer="counts", basis="pca", show=False)
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_intermediates.obs

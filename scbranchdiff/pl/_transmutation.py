@@ -82,6 +82,16 @@ def transmutation(
     Returns
     -------
     The Axes when ``show`` is False, else None.
+
+    Examples
+    --------
+    With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+    its example):
+
+    >>> adata = model.adata
+    >>> monocytes = adata[adata.obs["bulk_labels"] == "CD14+ Monocyte"]
+    >>> b_cells = model.transmute(monocytes, target="CD19+ B", n_steps=50)
+    >>> ax = sbd.pl.transmutation(adata, b_cells, "bulk_labels", layer="counts", basis="pca", show=False)
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_transmuted.obs
