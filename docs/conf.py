@@ -150,6 +150,15 @@ def drop_pages_not_written_yet(app: Sphinx, docname: str, source: list[str]) -> 
         )
 
 
+def reread_pages_that_depend_on_files(app: Sphinx, env, added, changed, removed) -> list[str]:
+    """Re-read the pages `drop_pages_not_written_yet` edits: their output depends on other files.
+
+    (An incremental build would otherwise keep a tutorials page read before the notebooks
+    existed.)
+    """
+    return [name for name in ("index", "tutorials") if name in env.found_docs]
+
+
 def describe_constants(
     app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
 ) -> None:
@@ -163,6 +172,7 @@ def describe_constants(
 
 def setup(app: Sphinx) -> None:
     app.connect("source-read", drop_pages_not_written_yet)
+    app.connect("env-get-outdated", reread_pages_that_depend_on_files)
     app.connect("autodoc-process-docstring", describe_constants)
     app.connect("builder-inited", copy_tutorials)
     app.connect("builder-inited", check_api_page_lists_every_public_name)
