@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-cells", type=int, default=200, help="generated cells per type")
     demo.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (None: the model's default, about 8,000 steps)")
     demo.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
-    demo.add_argument("--n-steps", type=int, default=None, help="sampler steps from t = 1 to 0 (None: 500)")
+    demo.add_argument("--n-steps", type=int, default=None, help="sampler steps from t = 1 to 0 (None: 200 sde)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of training and generation")
     demo.add_argument(
         "--basis", default="umap", choices=["umap", "pca"],
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("out", help="output .h5ad")
     gen.add_argument("--n-cells", default="200", help="cells per type, or 'type=n,type=n'")
     gen.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="reverse SDE or probability-flow ODE")
-    gen.add_argument("--n-steps", type=int, default=None, help="steps from t = 1 to 0 (None: 500 sde, 100 ode)")
+    gen.add_argument("--n-steps", type=int, default=None, help="steps from t = 1 to 0 (None: 200 sde, 100 ode)")
     gen.add_argument("--seed", type=int, default=0, help="random seed")
     gen.add_argument("--batch-size", type=int, default=10_000, help="cells per type in one chunk (peak memory)")
     gen.add_argument("--expected", action="store_true", help="also write layers['expected'] (dense decoded means)")
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
     )
     tra.add_argument("--t", type=float, default=None, help="noise time in (0, 1] (None: each type's split time)")
-    tra.add_argument("--n-steps", type=int, default=None, help="steps of a full path (None: 100 ode, 500 sde)")
+    tra.add_argument("--n-steps", type=int, default=None, help="steps of a full path (None: 100 ode, 200 sde)")
     tra.add_argument("--seed", type=int, default=0, help="random seed (sde)")
     tra.add_argument("--batch-size", type=int, default=10_000, help="cells integrated at once")
     tra.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -76,7 +76,7 @@ class TransmutationMixin:
             ``x_t = a(t) x_0 + s(t) z`` and the reverse SDE is integrated down `target`'s path.
             See Notes for which to use.
         n_steps
-            Steps of a full path from t = 1 to 0 (default 100 for "ode", 500 for "sde"); a path
+            Steps of a full path from t = 1 to 0 (default 100 for "ode", 200 for "sde"); a path
             from ``t_split`` takes that fraction of them.
         seed
             Seed of the forward noise and the reverse SDE ("sde"); "ode" is deterministic.
