@@ -203,3 +203,17 @@ def test_generated_facs_cells_are_classified_as_requested_type(pbmc_facs_split):
     generated = model.generate({c: int(n) for c, n in counts.items()}, seed=0)
     ratio, real, gen = _assignment_ratio(train, held_out, generated, "celltype")
     assert ratio >= 0.9, f"generated/real assignment ratio {ratio:.2f}\nreal:\n{real}\ngenerated:\n{gen}"
+
+
+def test_discovered_hierarchy_matches_simulated_tree_end_to_end(simulated):
+    """Counts from a known 3-level tree -> scVI latent -> discovery: the true topology."""
+    adata, tree = simulated
+    adata = adata.copy()
+    BranchedDiffusion.setup_anndata(adata, labels_key="cell_type", layer="counts")
+    model = BranchedDiffusion(adata, n_hidden=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, latent_max_epochs=60, **FAST)
+    truth = sbd.hierarchy.Topology.from_nested(tree)
+    assert len(truth.classes) >= 6
+    assert model.hierarchy.clades() == truth.clades(), repr(model.hierarchy)
