@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     defaults = {"cells": ([10_000, 100_000, 1_000_000], [2_000, 5_000]), "types": ([10, 50, 200], [4, 16]),
-                "type_cells": (50_000, 2_000), "s1": (50, 3), "s2": (250, 8), "gen_steps": (4, 2)}
+                "type_cells": (50_000, 2_000), "s1": (20, 3), "s2": (80, 8), "gen_steps": (4, 2)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if args.quick else full)

@@ -138,11 +138,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
-    for name, full, small in (("cells", 400, 60), ("train_steps", 300, 10), ("model_steps", 2000, 40),
-                              ("gen_cells", 125, 20)):
+    for name, full, small in (("cells", 400, 40), ("train_steps", 200, 4), ("model_steps", 1000, 20),
+                              ("gen_cells", 100, 10)):
         if getattr(args, name) is None:
             setattr(args, name, small if args.quick else full)
-    sde_steps = 20 if args.quick else 500
+    sde_steps = 10 if args.quick else 500
     single_thread()
     import torch
 
@@ -215,7 +215,7 @@ def main(argv=None) -> None:
                                            f"SDE {sde_steps} steps ({branched.hierarchy.n_branches} branches).")
 
     # 4. samplers at equal quality ----------------------------------------------------------------
-    configs = [("sde", 20), ("sde", 100)] if args.quick else [("sde", 500), ("sde", 200), ("sde", 100), ("ode", 100), ("ode", 50), ("ode", 20)]
+    configs = [("sde", 10), ("ode", 5)] if args.quick else [("sde", 500), ("sde", 100), ("ode", 100), ("ode", 25)]
     rows = {}
     for kind, m in gen_models.items():
         for sampler, steps in configs:
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
     base = new_model(old_cells, latent, "auto")
     t_base, _, _ = measure(lambda: base.train(max_epochs=epochs_for(args.model_steps, old_cells.n_obs), **trainer))
     before = latent_auc(base, base.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed), test)
-    add_steps = max(1, args.model_steps // 4)  # the package default: 2,000 added vs 8,000 full steps
+    add_steps = max(1, args.model_steps // 4)  # as the package defaults: 2,000 added vs 8,000 full steps
     t_add, m_add, _ = measure(lambda: base.add_cell_types(new_cells, epochs_for(add_steps, new_cells.n_obs), **trainer))
     after = latent_auc(base, base.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed), test)
     retrained = gen_models["branched"]  # trained from scratch on all 8 types, same budget as the base

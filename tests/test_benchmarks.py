@@ -1,0 +1,70 @@
+"""The benchmark scripts run end to end (quick mode, simulated data) and print the tables the docs show.
+
+Trains tiny models only (a few dozen steps each, width 32-256): about 40 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+    import quality
+    import speed
+
+    yield _common, quality, speed
+    for name in ("_common", "quality", "speed"):
+        sys.modules.pop(name, None)
+
+
+def _table(text: str, title: str) -> list[list[str]]:
+    """Rows (split on whitespace) of the printed table after the line '## title'."""
+    lines = text.splitlines()
+    start = lines.index(f"## {title}")
+    # title, caption, blank, header, index-name line, then rows until a blank line
+    rows = []
+    for line in lines[start + 5 :]:
+        if not line.strip():
+            break
+        rows.append(line)
+    return [lines[start + 3].split(), *[r.rsplit(None, len(lines[start + 3].split())) for r in rows]]
+
+
+def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
+    common, quality, speed = scripts
+    quality.main(["--quick", "--datasets", "simulated"])
+    out = capsys.readouterr().out
+    header, *rows = _table(out, "simulated")
+    assert header == list(quality.COLUMNS)
+    assert [r[0] for r in rows] == list(quality.METHODS)
+    values = {r[0]: dict(zip(header, map(float, r[1:]), strict=True)) for r in rows}
+    for method, row in values.items():
+        for col in ("auc_latent", "auc_pca"):
+            assert 0.0 <= row[col] <= 1.0, (method, col, row[col])
+    # the floor: held-out real cells are recognised about as often as the reference real cells
+    assert 0.8 <= values["real"]["label_ratio"] <= 1.2
+
+    speed.main(["--quick"])
+    out = capsys.readouterr().out
+    for section in ("train", "generate", "prefix", "samplers", "continual"):
+        assert f"## {section}" in out
+    train_header, *train_rows = _table(out, "train")
+    assert train_header == ["heads", "train_cells_per_s", "bare_step_cells_per_s", "peak_mem_mb"]
+    assert [r[0] for r in train_rows] == ["branched", "flat", "branched / flat"]
+    assert "speed-up of shared prefixes" in out
+
+    # results go between markers; other sections of the page are kept
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Streaming and memory\nkept\n")
+    common.write_section("quality", "table 1", page)
+    common.write_section("quality", "table 2", page)
+    text = page.read_text()
+    assert "kept" in text and "table 2" in text and "table 1" not in text
