@@ -161,12 +161,12 @@ def main(argv=None) -> None:
     for m in models.values():  # hierarchy discovery, scaling and network set-up outside the timings
         m.train(max_epochs=1, **trainer)
     best, mem = {}, {}
-    for _ in range(2):
+    for _ in range(1 if args.quick else 2):
         for kind, m in models.items():
             s, peak, _ = measure(lambda m=m: m.train(max_epochs=epochs, **trainer))
             best[kind] = min(best.get(kind, np.inf), s)
             mem[kind] = max(mem.get(kind, 0.0), peak)
-    bare = {kind: min(bare_steps(m, n_steps, device) for _ in range(2)) for kind, m in models.items()}
+    bare = {kind: min(bare_steps(m, n_steps, device) for _ in range(1 if args.quick else 2)) for kind, m in models.items()}
     rows = {}
     for kind, m in models.items():
         rows[kind] = {"heads": len(m.module.heads), "train_cells_per_s": n_steps * BATCH_SIZE / best[kind],
