@@ -254,6 +254,15 @@ _EPILOG_ERRORS = (
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has one worth reading (not None, not a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _common_options(parser: argparse.ArgumentParser, top: bool) -> None:
     # On subcommands the defaults are SUPPRESS so `scbranchdiff --quiet train ...` still works.
     default = False if top else argparse.SUPPRESS
@@ -279,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.n_cells, args.sampler
     ('generate', '200', 'sde')
     """
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="scbranchdiff",
         description="Hierarchically branched diffusion models for single cells: train on an "
