@@ -95,7 +95,8 @@ def test_ddp_two_cpu_processes_train_a_model_of_the_same_quality(tmp_path):
     ddp = result["ddp"]
     # the clusters' centres are 4 apart with sd 0.4. One process with batch_size=32 (the same
     # global batch and number of steps as 2 processes x 16) gives centre errors 0.13-0.23 and
-    # sds 0.45-0.61 (measured); DDP must do as well.
+    # sds 0.45-0.61; DDP gives 0.14-0.24 and 0.46-0.48 (measured). With the same noise drawn on
+    # both ranks (Lightning seeds them alike) the sds were 0.66-0.88.
     assert max(ddp["mean_error"]) < 0.35, result
-    assert all(0.25 < sd < 0.75 for sd in ddp["sd"]), result
+    assert all(0.25 < sd < 0.65 for sd in ddp["sd"]), result
     assert (Path(out + ".model") / "model.safetensors").exists()

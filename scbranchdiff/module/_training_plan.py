@@ -116,6 +116,10 @@ class DiffusionTrainingPlan(pl.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # Lightning seeds every rank alike: without an offset all ranks would draw the same
+            # times and noises for their different cells
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
         params = dict(self.network.named_parameters())
         self.ema = {name: shadow.to(params[name].device) for name, shadow in self.ema.items()}
         self._ema_pairs = ([self.ema[n] for n in self.ema], [params[n] for n in self.ema])
