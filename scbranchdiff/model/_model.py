@@ -80,7 +80,10 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
     n_trunk_blocks
         Residual blocks shared by every branch.
     n_head_blocks
-        Residual blocks in each branch's head.
+        Residual blocks in each branch's head before its per-branch affine map and output
+        layer. 0 (default) evaluates all heads of a batch in one gathered operation, so
+        branched training costs about as much as flat training; see
+        :class:`~scbranchdiff.module.BranchedScoreNetwork`.
     latent_scaling
         "global" (centre, one scale for all dimensions: keeps the latent geometry) or
         "per_dimension" (standardise each dimension).
@@ -112,7 +115,7 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
         hierarchy: HierarchySpec = "auto",
         n_hidden: int = 256,
         n_trunk_blocks: int = 3,
-        n_head_blocks: int = 1,
+        n_head_blocks: int = 0,
         latent_scaling: str = "global",
         beta_min: float = 0.1,
         beta_max: float = 20.0,
