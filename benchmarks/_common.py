@@ -200,7 +200,7 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
 
     cols = [df.index.name or ""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for idx, row in df.iterrows():
+    for idx, *row in df.itertuples(name=None):  # keeps each column's dtype (ints stay ints)
         lines.append("| " + " | ".join([str(idx)] + [fmt(v) for v in row]) + " |")
     return "\n".join(lines)
 
@@ -226,5 +226,5 @@ def write_section(name: str, text: str, path: Path = DOCS) -> None:
 def header(command: str) -> str:
     """Date, machine and command lines of a results section."""
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
-    return f"Run {stamp} on {machine()}.\n\n```bash\n{command}\n```\n"
+    return f"Run {stamp} on {machine()}.\n\n```bash\n{command.rstrip()}\n```\n"
 

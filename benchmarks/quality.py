@@ -259,7 +259,7 @@ def main(argv=None) -> None:
         print(f"\n## {name}\n{table.attrs['caption']}\n")
         print(table.round(3).to_string(), flush=True)
     if args.write_docs:
-        command = "OMP_NUM_THREADS=1 python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
         settings = (f"Budget, the same for every method: {args.steps} optimiser steps (batch {BATCH_SIZE}) for both "
                     f"diffusion models, width {args.width}; shared scVI {args.latent_epochs} epochs; scANVI "
                     f"{args.scanvi_epochs} epochs from that scVI; SDE sampler with {args.n_steps} steps; seed {args.seed}.")
