@@ -246,8 +246,8 @@ def main(argv=None) -> None:
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quick = args.quick
-    for name, full, small in (("steps", 1000, 60), ("width", 128, 32), ("latent_epochs", 50, 3),
-                              ("scanvi_epochs", 10, 2), ("n_steps", 500, 20)):
+    for name, full, small in (("steps", 1000, 30), ("width", 128, 32), ("latent_epochs", 50, 2),
+                              ("scanvi_epochs", 10, 1), ("n_steps", 500, 10)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     single_thread()
