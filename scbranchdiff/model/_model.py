@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -657,19 +657,27 @@ class BranchedDiffusion(ContinualLearningMixin, TransmutationMixin, BaseModelCla
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         tree = self._sampler(sampler, n_steps, seed)
         latents: dict[int, list[np.ndarray]] = {k: [] for k in counts}
+        for _, chunk_latents in self._latent_chunks(tree, counts, batch_size):
+            for k, z in chunk_latents.items():
+                latents[k].append(z)
+        order = sorted(counts)
+        z = np.concatenate([np.concatenate(latents[k]) for k in order])
+        types = np.repeat([self.hierarchy.classes[k] for k in order], [counts[k] for k in order])
+        out = self._to_anndata(z, types, seed)
+        out.uns["scbranchdiff"] = self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)
+        return out
+
+    def _latent_chunks(
+        self, tree: TreeSampler, counts: Mapping[int, int], batch_size: int
+    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Latents (unscaled) in chunks of at most `batch_size` cells per type, chunk by chunk."""
         n_chunks = int(np.ceil(max(counts.values()) / batch_size))
         for chunk in range(n_chunks):
             chunk_counts = {
                 k: min(batch_size, n - chunk * batch_size) for k, n in counts.items() if n > chunk * batch_size
             }
-            for k, x in tree.generate(chunk_counts, chunk=chunk).items():
-                latents[k].append(x.cpu().numpy())
-        order = sorted(counts)
-        z = self._unscale(np.concatenate([np.concatenate(latents[k]) for k in order]))
-        types = np.repeat([self.hierarchy.classes[k] for k in order], [counts[k] for k in order])
-        out = self._to_anndata(z, types, seed)
-        out.uns["scbranchdiff"] = self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)
-        return out
+            latents = tree.generate(chunk_counts, chunk=chunk)
+            yield chunk, {k: self._unscale(x.cpu().numpy()) for k, x in sorted(latents.items())}
 
     def generate_to_file(
         self,

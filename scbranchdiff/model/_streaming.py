@@ -74,15 +74,12 @@ def write_generated(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
-            n_chunks = int(np.ceil(max(counts.values()) / batch_size))
-            for chunk in range(n_chunks):
-                chunk_counts = {
-                    k: min(batch_size, n - chunk * batch_size) for k, n in counts.items() if n > chunk * batch_size
-                }
-                latents = tree.generate(chunk_counts, chunk=chunk)
-                order = sorted(chunk_counts)
-                z = model._unscale(np.concatenate([latents[k].cpu().numpy() for k in order]))
-                types = np.repeat([model.hierarchy.classes[k] for k in order], [chunk_counts[k] for k in order])
+            # mapping groups first, with their encoding metadata, then rows appended into them
+            for group in ("obsm", "layers"):
+                write_elem(f, group, {})
+            for chunk, latents in model._latent_chunks(tree, counts, batch_size):
+                z = np.concatenate(list(latents.values()))
+                types = np.repeat([model.hierarchy.classes[k] for k in latents], [len(v) for v in latents.values()])
                 codes.append(pd.Categorical(types, categories=classes).codes.astype(np.int16))
                 _append(f, "obsm/X_latent", z)
                 if decodes:
@@ -101,7 +98,7 @@ def write_generated(
             write_elem(f, "obs", obs)
             write_elem(f, "var", model.adata.var.copy() if decodes else pd.DataFrame(index=pd.Index([], dtype=str)))
             write_elem(f, "uns", {"scbranchdiff": model._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)})
-            for group in ("layers", "obsp", "varm", "varp"):
+            for group in ("obsp", "varm", "varp"):
                 if group not in f:
                     write_elem(f, group, {})
             f.attrs["encoding-type"] = "anndata"
