@@ -3,7 +3,7 @@
 Simulated 10-dimensional latents (``latent=obsm key``, so no autoencoder is timed): K types on a
 balanced binary tree, each type's mean the sum of Gaussian offsets of its ancestors, cells
 scattered around it. The hierarchy is given (Newick with split times evenly spaced by depth), so
-no discovery is timed. Network: package defaults (width 256, 3 trunk blocks, 1 block per head),
+no discovery is timed. Network: package defaults (width 256, 3 trunk blocks, heads = per-branch affine + output layer),
 batch 256.
 
 What is measured (wall clock, one process, one run):

@@ -3,8 +3,8 @@ continual learning vs retraining, peak memory. Every ratio comes from this one r
 
 Data: counts simulated from the default 8-type tree (400 cells per type, 30% held out),
 log-normalised, in a 10-dimensional PCA latent fitted once and shared by every model (so only
-the diffusion stage is timed). Networks: the package defaults (width 256, 3 trunk blocks, one
-block per head); branched = hierarchy discovered from the data, flat = one branch with a class
+the diffusion stage is timed). Networks: the package defaults (width 256, 3 trunk blocks, heads =
+per-branch affine map + output layer, gathered per sample); branched = hierarchy discovered from the data, flat = one branch with a class
 embedding (the paper's label-guided baseline).
 
 Sections:

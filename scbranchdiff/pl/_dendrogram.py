@@ -185,8 +185,10 @@ def _label_split(ax: Axes, tree: Hierarchy, layout: DendrogramLayout, b: int) ->
     x, t = layout.branch_x[b], tree.branches[b].t_start
     parent = tree.parent(b)
     is_left_child = parent is not None and x < layout.branch_x[parent]
+    # a split just below its parent's would put both labels on one line: write it under its bar
+    crowded = parent is not None and tree.branches[parent].t_start - t < 0.04
     ax.annotate(
-        f"t = {t:.2f}", (x, t), xytext=(-4 if is_left_child else 4, 2),
+        f"t = {t:.2f}", (x, t), xytext=(-4 if is_left_child else 4, -3 if crowded else 2),
         textcoords="offset points", fontsize=8, color="0.15",
-        ha="right" if is_left_child else "left", va="bottom", zorder=4,
+        ha="right" if is_left_child else "left", va="top" if crowded else "bottom", zorder=4,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -99,4 +100,5 @@ def style_embedding(ax: Axes, axis_labels: tuple[str, str], title: str | None = 
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
-        ax.set_title(title)
+        # long cell-type names ("CD8+/CD45RA+ Naive Cytotoxic") would run into the next panel
+        ax.set_title(textwrap.fill(title, width=24))
