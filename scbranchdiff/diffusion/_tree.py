@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
-from ._samplers import denoise, euler_maruyama, probability_flow_heun
+from ._samplers import EpsFn, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
 
 # eps_model(x, t, branch, cell_type) -> predicted noise; t has one entry per row
@@ -85,9 +85,7 @@ class TreeSampler:
     def __post_init__(self) -> None:
         if self.method not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.method!r}.")
-        if self.n_steps < 1:
-            raise ValueError(f"`n_steps` must be >= 1, got {self.n_steps}.")
-        self.grid = np.linspace(1.0, self.sde.t_min, self.n_steps + 1)
+        self.grid = np.asarray(time_grid(self.n_steps, self.sde))
 
     # --- random numbers -------------------------------------------------------------------
     def _key(self, branch: int) -> int:
@@ -141,11 +139,7 @@ class TreeSampler:
     ) -> torch.Tensor:
         if len(times) < 2:
             return x
-
-        def eps_fn(x_: torch.Tensor, t: float) -> torch.Tensor:
-            tt = torch.full((x_.shape[0],), t, dtype=x_.dtype, device=x_.device)
-            return self.eps_model(x_, tt, branch, labels)
-
+        eps_fn = self._eps_fn(branch, labels)
         if self.method == "ode":
             return probability_flow_heun(eps_fn, x, times, self.sde)
         if labels is None:
@@ -163,13 +157,16 @@ class TreeSampler:
         )
 
     def _finish(self, branch: int, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        t = self.sde.t_min
+        return denoise(self._eps_fn(branch, labels), x, self.sde.t_min, self.sde)
 
-        def eps_fn(x_: torch.Tensor, t_: float) -> torch.Tensor:
-            tt = torch.full((x_.shape[0],), t_, dtype=x_.dtype, device=x_.device)
-            return self.eps_model(x_, tt, branch, labels)
+    def _eps_fn(self, branch: int, labels: torch.Tensor | None) -> EpsFn:
+        """The network's noise prediction with one branch's head, as a function of (x, t)."""
 
-        return denoise(eps_fn, x, t, self.sde)
+        def eps_fn(x: torch.Tensor, t: float) -> torch.Tensor:
+            tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+            return self.eps_model(x, tt, branch, labels)
+
+        return eps_fn
 
     # --- the tree -------------------------------------------------------------------------
     @torch.no_grad()
@@ -266,12 +263,7 @@ class TreeSampler:
         for i in range(1, len(ts)):
             if i == len(ts) - 1 or branch_of[i] != branch_of[start]:
                 seg = [float(t) for t in ts[start : i + 1]]
-                branch = int(branch_of[start])
-
-                def eps_fn(x_: torch.Tensor, t: float, branch: int = branch) -> torch.Tensor:
-                    tt = torch.full((x_.shape[0],), t, dtype=x_.dtype, device=x_.device)
-                    return self.eps_model(x_, tt, branch, labels)
-
+                eps_fn = self._eps_fn(int(branch_of[start]), labels)
                 x = probability_flow_heun(eps_fn, x, seg, self.sde)
                 start = i
         return x
