@@ -58,7 +58,7 @@ def pbmc68k_model(pbmc68k_split):
     model = sbd.model.BranchedDiffusion(train, n_hidden=128)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.train(max_epochs=400, latent_max_epochs=150, **FAST)
+        model.train(max_epochs=700, latent_max_epochs=150, **FAST)
     return model
 
 
