@@ -20,6 +20,7 @@ from scbranchdiff.hierarchy import (
     discover_hierarchy,
     fit_split_times,
 )
+from scbranchdiff.hierarchy._discovery import linkage_height
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SDE = VPSDE()
@@ -213,6 +214,28 @@ def test_fit_split_times_accepts_newick_and_checks_classes() -> None:
     assert h.topology == TRUE_TREE
     with pytest.raises(ValueError, match="only in the data"):
         fit_split_times("((c000,c001),c010);", latent, labels, sde=SDE)
+
+
+def test_linkage_rules_take_min_mean_and_max_of_the_crossover_times() -> None:
+    values = np.array([[0.2, 0.5], [0.3, 0.9]])
+    assert linkage_height(values, "single") == 0.2
+    assert linkage_height(values, "average") == float(np.mean(values))
+    assert linkage_height(values, "complete") == 0.9
+    rng = np.random.default_rng(0)
+    centres = {"a": [0.0, 0.0], "b": [1.0, 0.0], "c": [4.0, 4.0]}
+    latent = np.concatenate([rng.normal(size=(60, 2)) * 0.3 + c for c in centres.values()])
+    latent = global_scale(latent)
+    labels = np.repeat(list(centres), 60)
+    _, times = crossover_times(latent, labels, sde=SDE, n_times=300)
+    pairs = times[np.triu_indices(3, 1)]
+    for reduce, expected in [("min", pairs.min()), ("mean", pairs.mean()), ("max", pairs.max())]:
+        h = fit_split_times(
+            ("a", "b", "c"), latent, labels, sde=SDE, reduce=reduce, min_branch_length=0.0,
+            n_times=300,
+        )
+        assert h.branches[h.root].t_start == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match=r"`reduce` must be one of \['max', 'mean', 'min'\]"):
+        fit_split_times(("a", "b", "c"), latent, labels, sde=SDE, reduce="single")
 
 
 # ---------------------------------------------------------------------- properties

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scbranchdiff.hierarchy as hierarchy_package
-from scbranchdiff.hierarchy import Branch, Hierarchy, Topology
+from scbranchdiff.hierarchy import (
+    LABEL_GUIDED,
+    Branch,
+    Hierarchy,
+    Topology,
+    is_label_guided,
+    parse_hierarchy_spec,
+)
+from scbranchdiff.hierarchy._topology import leaves
 
 TREG = "CD4+/CD25 T Reg"
 
@@ -140,6 +148,52 @@ def test_paths_split_times_and_tree_links(pbmc_like: Hierarchy) -> None:
     assert h.parent(h.root) is None
     assert set(h.children(h.root)) == {h.parent(h.leaf("B")), h.parent(h.leaf("DC"))}
     assert not h.is_flat
+
+
+def _branch_of(h: Hierarchy, classes: set[str]) -> int:
+    """The lowest branch holding exactly `classes`."""
+    found = [b for b, branch in enumerate(h.branches) if set(branch.classes) == classes]
+    return min(found, key=lambda b: h.branches[b].t_start)
+
+
+def test_common_branch_of_one_two_and_three_classes(pbmc_like: Hierarchy) -> None:
+    h = pbmc_like
+    # one class (or one class repeated): its leaf
+    assert h.common_branch("B") == h.leaf("B")
+    assert h.common_branch(TREG) == h.leaf(TREG)
+    assert h.common_branch("DC", "DC", "DC") == h.leaf("DC")
+    # two classes: the branch where they split
+    t_cells = _branch_of(h, {TREG, "CD8"})
+    assert h.common_branch(TREG, "CD8") == t_cells == h.common_branch("CD8", TREG)
+    assert h.branches[t_cells].t_start == pytest.approx(0.2)
+    assert h.common_branch("B", "Mono") == h.root
+    # three classes, in any order
+    lymphoid = _branch_of(h, {TREG, "CD8", "B"})
+    for order in [(TREG, "CD8", "B"), ("B", TREG, "CD8"), ("CD8", "B", TREG, "B")]:
+        assert h.common_branch(*order) == lymphoid
+    assert h.branches[lymphoid].t_start == pytest.approx(0.4)
+    assert h.common_branch(TREG, "CD8", "Mono") == h.root
+    assert h.common_branch("Mono", "DC", "Mono") == _branch_of(h, {"Mono", "DC"})
+    # split_time is the start of the common branch of two classes
+    assert h.split_time(TREG, "CD8") == h.branches[t_cells].t_start
+    assert h.split_time("B", TREG) == h.branches[lymphoid].t_start
+    assert h.split_time("B", "B") == 0.0
+
+
+def test_common_branch_needs_known_classes_and_at_least_one() -> None:
+    h = Hierarchy.from_newick("((a:0.5,b:0.5):0.25,c:0.75):0.25;")
+    with pytest.raises(TypeError, match="at least one class"):
+        h.common_branch()
+    with pytest.raises(KeyError, match="'z'"):
+        h.common_branch("a", "b", "z")
+    flat = Hierarchy.flat(["a", "b", "c"])
+    assert flat.common_branch("a") == flat.common_branch("a", "b", "c") == flat.root
+
+
+def test_leaves_lists_classes_depth_first_left_to_right() -> None:
+    assert leaves("a") == ["a"]
+    assert leaves((("c", ("a", "d")), "b", ("e",))) == ["c", "a", "d", "b", "e"]
+    assert Topology((("c", ("a", "d")), "b")).classes == ("c", "a", "d", "b")
 
 
 def test_class_index_names_unknown_classes(pbmc_like: Hierarchy) -> None:
@@ -286,6 +340,119 @@ def test_topology_from_nested_collapses_single_child_groups() -> None:
         Topology((("a", "b"), "a"))
 
 
+# ---------------------------------------------------------------------- hierarchy specs
+SPEC_CLASSES = ("B", "CD4", "CD8", "Mono")
+
+
+@pytest.fixture
+def spec_obs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "lineage": ["lymphoid", "lymphoid", "lymphoid", "myeloid"],
+            "subpop": ["B cell", "T cell", "T cell", "Mono"],
+            "cell_type": ["B", "CD4", "CD8", "Mono"],
+        }
+    )
+
+
+def test_parse_hierarchy_spec_returns_auto_and_flat_as_they_are() -> None:
+    assert parse_hierarchy_spec("auto", SPEC_CLASSES) == "auto"
+    assert parse_hierarchy_spec("flat", SPEC_CLASSES) == "flat"
+    assert LABEL_GUIDED == "flat"
+    assert is_label_guided("flat") and is_label_guided(LABEL_GUIDED)
+    assert not is_label_guided("auto")
+    assert not is_label_guided(Hierarchy.flat(SPEC_CLASSES))
+    assert not is_label_guided(["flat"])
+
+
+def test_parse_hierarchy_spec_checks_a_hierarchy_holds_every_class() -> None:
+    given = Hierarchy.from_newick("(((CD4:0.2,CD8:0.2):0.2,B:0.4):0.2,Mono:0.6):0.4;")
+    assert parse_hierarchy_spec(given, SPEC_CLASSES) is given
+    # extra classes in the hierarchy are fine (e.g. types the data lacks)
+    assert parse_hierarchy_spec(given, ["CD4", "Mono"]) is given
+    with pytest.raises(
+        ValueError,
+        match=r"Cell types in adata.obs\['cell_type'\] are missing from the given "
+        r"hierarchy: \['NK'\] \(hierarchy classes: ",
+    ):
+        parse_hierarchy_spec(given, [*SPEC_CLASSES, "NK"], labels_key="cell_type")
+
+
+def test_parse_hierarchy_spec_reads_newick_with_and_without_lengths() -> None:
+    topology = parse_hierarchy_spec("(((CD4,CD8),B),Mono);", SPEC_CLASSES)
+    assert type(topology) is Topology
+    assert topology == Topology(((("CD4", "CD8"), "B"), "Mono"))
+    tree = parse_hierarchy_spec("(((CD4:0.2,CD8:0.2):0.2,B:0.4):0.2,Mono:0.6):0.4;", SPEC_CLASSES)
+    assert type(tree) is Hierarchy
+    assert tree.classes == ("CD4", "CD8", "B", "Mono")  # the Newick order
+    assert tree.split_time("CD4", "CD8") == pytest.approx(0.2)
+    assert tree.split_time("B", "Mono") == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="Invalid Newick"):
+        parse_hierarchy_spec("((CD4,CD8),B", SPEC_CLASSES)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        parse_hierarchy_spec("((CD4:0.2,CD8:0.2):0.2,(B:0.4,Mono:0.4):0.2):0.5;", SPEC_CLASSES)
+
+
+def test_parse_hierarchy_spec_reads_nested_mappings_and_annotation_columns(
+    spec_obs: pd.DataFrame,
+) -> None:
+    expected = Topology(((("CD4", "CD8"), "B"), "Mono"))
+    nested = {"lymphoid": {"T": ["CD4", "CD8"], "B": None}, "Mono": None}
+    assert parse_hierarchy_spec(nested, SPEC_CLASSES) == expected
+    columns = ["lineage", "subpop", "cell_type"]
+    for spec in (columns, tuple(columns)):
+        parsed = parse_hierarchy_spec(spec, SPEC_CLASSES, spec_obs, labels_key="cell_type")
+        assert type(parsed) is Topology and parsed == expected
+    # without labels_key the last column is not checked against it
+    parsed = parse_hierarchy_spec(["lineage", "cell_type"], SPEC_CLASSES, spec_obs)
+    assert parsed == Topology((("B", "CD4", "CD8"), "Mono"))
+
+
+def test_parse_hierarchy_spec_errors_name_the_problem(spec_obs: pd.DataFrame) -> None:
+    obs_key = {"obs": spec_obs, "labels_key": "cell_type"}
+    with pytest.raises(KeyError, match=r"`hierarchy` columns \['nope'\] are not in adata.obs."):
+        parse_hierarchy_spec(["lineage", "nope", "cell_type"], SPEC_CLASSES, **obs_key)
+    with pytest.raises(
+        ValueError,
+        match=r"The last \(finest\) `hierarchy` column must be the labels key 'cell_type', "
+        r"got 'subpop'.",
+    ):
+        parse_hierarchy_spec(["lineage", "subpop"], SPEC_CLASSES, **obs_key)
+    with pytest.raises(ValueError, match="needs `obs`"):
+        parse_hierarchy_spec(["lineage", "cell_type"], SPEC_CLASSES, labels_key="cell_type")
+    stray = pd.DataFrame({"lineage": ["myeloid"], "subpop": ["Mono"], "cell_type": ["CD4"]})
+    with pytest.raises(ValueError, match="'CD4' of column 'cell_type' sits in several groups"):
+        parse_hierarchy_spec(
+            ["lineage", "subpop", "cell_type"], SPEC_CLASSES, pd.concat([spec_obs, stray])
+        )
+    mismatch = (
+        r"The hierarchy's classes \['B', 'CD4', 'CD8'\] differ from the cell types in "
+        r"adata.obs\['cell_type'\]: \['B', 'CD4', 'CD8', 'Mono'\]."
+    )
+    for spec in ("((CD4,CD8),B);", {"T": ["CD4", "CD8"], "B": None}):
+        with pytest.raises(ValueError, match=mismatch):
+            parse_hierarchy_spec(spec, SPEC_CLASSES, **obs_key)
+    with pytest.raises(ValueError, match=r"differ from the cell types in `classes`"):
+        parse_hierarchy_spec("((CD4,CD8),B);", SPEC_CLASSES)
+    with pytest.raises(ValueError, match=r"\['B', 'CD4', 'CD8', 'Mono', 'NK'\]"):
+        parse_hierarchy_spec(
+            ["lineage", "subpop", "cell_type"], [*SPEC_CLASSES, "NK"], **obs_key
+        )
+    unknown_kind = (
+        r"`hierarchy` must be 'auto', 'flat', a list of obs columns, a nested dict, a Newick "
+        r"string or a Hierarchy, got {}\."
+    )
+    # a Topology object is refused as it is by BranchedDiffusion today
+    for spec, name in [
+        (42, "int"),
+        (None, "NoneType"),
+        ([["CD4", "CD8"], "B", "Mono"], "list"),
+        (Topology((("CD4", "CD8"), "B", "Mono")), "Topology"),
+    ]:
+        with pytest.raises(TypeError, match=unknown_kind.format(name)):
+            parse_hierarchy_spec(spec, SPEC_CLASSES, **obs_key)
+
+
 # ---------------------------------------------------------------------- continual learning
 def test_map_branches_keeps_old_branches_when_a_class_is_added() -> None:
     old = Hierarchy.from_newick("((a:0.3,b:0.3):0.2,c:0.5):0.5;")
@@ -340,6 +507,24 @@ def test_random_hierarchies_keep_their_invariants(h: Hierarchy, times: list[floa
                 and (br.t_start <= clamped < br.t_end or (clamped == 1.0 == br.t_end))
             ]
             assert holders == [b]
+
+
+@settings(max_examples=50, deadline=None)
+@given(hierarchies(), st.data())
+def test_common_branch_is_the_lowest_branch_holding_every_class(
+    h: Hierarchy, data: st.DataObject
+) -> None:
+    picked = data.draw(st.lists(st.sampled_from(h.classes), min_size=1, max_size=4))
+    common = h.common_branch(*picked)
+    assert set(picked) <= set(h.branches[common].classes)
+    assert all(not set(picked) <= set(h.branches[k].classes) for k in h.children(common))
+    if len(set(picked)) == 1:
+        assert common == h.leaf(picked[0])
+    # the two-class definition: the last branch both root-to-leaf paths share
+    a, b = picked[0], picked[-1]
+    shared = [x for x, y in zip(h.path(a), h.path(b), strict=False) if x == y]
+    assert h.common_branch(a, b) == shared[-1]
+    assert h.split_time(a, b) == h.branches[shared[-1]].t_start
 
 
 def test_hierarchy_modules_import_nothing_that_needs_torch() -> None:

@@ -31,10 +31,13 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
 from ._hierarchy import Hierarchy
-from ._topology import Topology, TopologyNode
+from ._topology import Topology, TopologyNode, leaves
 
 CRITERIA = ("gaussian", "cosine")
 LINKAGES = ("single", "average", "complete")
+_LINKAGE_FUNCTIONS = {"single": np.min, "average": np.mean, "complete": np.max}
+# `fit_split_times` names the same rules by the statistic they take.
+_REDUCE_LINKAGES = {"mean": "average", "min": "single", "max": "complete"}
 # Floats held at once when noising samples for the cosine criterion (~32 MB).
 _CHUNK_FLOATS = 4_000_000
 
@@ -319,9 +322,8 @@ def fit_split_times(
             topology = Topology.from_newick(topology)
         else:
             topology = Topology.from_nested(topology)
-    reducers = {"mean": np.mean, "min": np.min, "max": np.max}
-    if reduce not in reducers:
-        raise ValueError(f"`reduce` must be one of {sorted(reducers)}, got {reduce!r}.")
+    if reduce not in _REDUCE_LINKAGES:
+        raise ValueError(f"`reduce` must be one of {sorted(_REDUCE_LINKAGES)}, got {reduce!r}.")
     _check_min_branch_length(min_branch_length)
     if classes is None:
         classes = _default_classes(labels)
@@ -349,8 +351,8 @@ def fit_split_times(
             for b in members[i + 1 :]
         ]
         flat = [m for group in members for m in group]
-        heights[frozenset(classes_out[m] for m in flat)] = float(
-            reducers[reduce](np.concatenate(between))
+        heights[frozenset(classes_out[m] for m in flat)] = linkage_height(
+            np.concatenate(between), _REDUCE_LINKAGES[reduce]
         )
         return flat
 
@@ -496,6 +498,15 @@ def _gaussian_crossovers(
 
 
 # ---------------------------------------------------------------------- merging
+def linkage_height(values: np.ndarray, linkage: str) -> float:
+    """One height from the crossover times between two groups of classes.
+
+    ``"single"`` takes their minimum, ``"average"`` their mean and ``"complete"`` their
+    maximum (numpy's ``min``, ``mean`` and ``max`` over the whole array, as given).
+    """
+    return float(_LINKAGE_FUNCTIONS[linkage](values))
+
+
 def _agglomerate(
     classes: tuple[str, ...], times: np.ndarray, linkage: str
 ) -> tuple[TopologyNode, dict[frozenset[str], float]]:
@@ -506,12 +517,11 @@ def _agglomerate(
     """
     clusters: list[tuple[TopologyNode, list[int]]] = [(c, [i]) for i, c in enumerate(classes)]
     heights: dict[frozenset[str], float] = {}
-    reduce = {"single": np.min, "average": np.mean, "complete": np.max}[linkage]
     while len(clusters) > 1:
         best = None
         for p in range(len(clusters)):
             for q in range(p + 1, len(clusters)):
-                height = float(reduce(times[np.ix_(clusters[p][1], clusters[q][1])]))
+                height = linkage_height(times[np.ix_(clusters[p][1], clusters[q][1])], linkage)
                 if best is None or height < best[0]:
                     best = (height, p, q)
         assert best is not None
@@ -557,7 +567,7 @@ def _order_split_times(
     def cap(node: TopologyNode, limit: float) -> None:
         if isinstance(node, str):
             return
-        key = frozenset(_leaves(node))
+        key = frozenset(leaves(node))
         times[key] = min(times[key], limit)
         for child in node:
             cap(child, times[key] - gap)
@@ -565,10 +575,6 @@ def _order_split_times(
     raise_up(topology.tree)
     cap(topology.tree, ceiling)
     return times
-
-
-def _leaves(node: TopologyNode) -> list[str]:
-    return [node] if isinstance(node, str) else [x for child in node for x in _leaves(child)]
 
 
 def _max_branches_on_path(node: TopologyNode) -> int:

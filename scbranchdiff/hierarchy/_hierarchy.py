@@ -21,6 +21,7 @@ from ._topology import (
     Topology,
     TopologyNode,
     format_length,
+    leaves,
     parse_newick,
     quote_name,
 )
@@ -104,6 +105,8 @@ class Hierarchy:
     ... ])
     >>> tree.split_time("B", "T")
     0.3
+    >>> tree.branches[tree.common_branch("B", "T")].classes
+    ('B', 'T')
     >>> [tree.branches[b].classes for b in tree.path("T")]
     [('B', 'T', 'Mono'), ('B', 'T'), ('T',)]
     >>> Hierarchy.from_dict(tree.to_dict()) == tree
@@ -228,13 +231,27 @@ class Hierarchy:
         self._check_branch(branch)
         return self._parent[branch]
 
-    def common_branch(self, a: str, b: str) -> int:
-        """The smallest branch holding both classes (the leaf when ``a == b``)."""
+    def common_branch(self, *cell_types: str) -> int:
+        """The smallest branch holding every one of `cell_types`.
+
+        That is the last branch their root-to-leaf paths share: the leaf for a single class
+        (or the same class repeated), the root for classes that split at the root.
+
+        Raises
+        ------
+        TypeError
+            When no class is given.
+        KeyError
+            When a class is not in the hierarchy.
+        """
+        if not cell_types:
+            raise TypeError("`common_branch` needs at least one class.")
+        paths = [self.path(c) for c in cell_types]
         common = self.root
-        for branch_a, branch_b in zip(self.path(a), self.path(b), strict=False):
-            if branch_a != branch_b:
+        for branches in zip(*paths, strict=False):
+            if len(set(branches)) > 1:
                 break
-            common = branch_a
+            common = branches[0]
         return common
 
     def split_time(self, a: str, b: str) -> float:
@@ -330,7 +347,7 @@ class Hierarchy:
         branches: list[Branch] = []
 
         def members(node: TopologyNode) -> frozenset[str]:
-            return frozenset([node]) if isinstance(node, str) else frozenset(_leaf_set(node))
+            return frozenset(leaves(node))
 
         def time_of(node: TopologyNode) -> float:
             if isinstance(node, str):
@@ -620,12 +637,6 @@ def _links(
 
 
 # ---------------------------------------------------------------------- tree helpers
-def _leaf_set(node: TopologyNode) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    return [leaf for child in node for leaf in _leaf_set(child)]
-
-
 def _absorb_equal_times(
     node: tuple[Any, ...], t_split: float, time_of: Any
 ) -> list[TopologyNode]:

@@ -23,10 +23,9 @@ from ._discovery import (
     MarginalCoefficients,
     _check_min_branch_length,
     crossover_times,
+    linkage_height,
 )
 from ._hierarchy import TIME_TOLERANCE, Branch, Hierarchy
-
-_REDUCE = {"single": np.min, "average": np.mean, "complete": np.max}
 
 
 def insert_classes(
@@ -155,14 +154,13 @@ def insert_classes(
         criterion=criterion, **crossover_kwargs,
     )
     index = {c: i for i, c in enumerate(order)}
-    reduce = _REDUCE[linkage]
 
     hierarchy = old
     for new in new_classes:
 
         def height(classes: Sequence[str], new: str = new) -> float:
             cols = [index[c] for c in classes if c in index]
-            return float(reduce(times[index[new], cols])) if cols else np.inf
+            return linkage_height(times[index[new], cols], linkage) if cols else np.inf
 
         hierarchy = _insert_one(hierarchy, new, height, min_branch_length)
     return hierarchy

@@ -49,7 +49,7 @@ class Topology:
 
     def __post_init__(self) -> None:
         tree = _collapse(self.tree)
-        classes = tuple(_leaves(tree))
+        classes = tuple(leaves(tree))
         duplicated = sorted({c for c in classes if classes.count(c) > 1})
         if duplicated:
             raise ValueError(f"A topology must name each class once; repeated: {duplicated}.")
@@ -158,10 +158,11 @@ class Topology:
 
 
 # ---------------------------------------------------------------------- tree helpers
-def _leaves(node: TopologyNode) -> list[str]:
+def leaves(node: TopologyNode) -> list[str]:
+    """Class names under a topology node, depth first, left to right (``[node]`` for a leaf)."""
     if isinstance(node, str):
         return [node]
-    return [leaf for child in node for leaf in _leaves(child)]
+    return [leaf for child in node for leaf in leaves(child)]
 
 
 def _collapse(node: Any) -> TopologyNode:
