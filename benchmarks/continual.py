@@ -38,9 +38,8 @@ import scbranchdiff as sbd
 from scbranchdiff.hierarchy import Hierarchy
 from scbranchdiff.latent import PCALatent
 from scbranchdiff.model import BranchedDiffusion
-from scbranchdiff.model._continual import DEFAULT_CONTINUAL_STEPS
-from scbranchdiff.model._model import DEFAULT_TRAIN_STEPS
-from scbranchdiff.module._training_plan import DiffusionTrainingPlan, LatentDataModule
+from scbranchdiff.model import DEFAULT_CONTINUAL_STEPS, DEFAULT_TRAIN_STEPS
+from scbranchdiff.train import DiffusionTrainingPlan, fit_plan
 
 NEW_TYPES = ["T_CD8", "DC_plasmacytoid"]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
@@ -81,8 +80,6 @@ def timed(fn):
 
 def finetune_flat(model: BranchedDiffusion, cells, max_epochs: int, seed: int = 0) -> None:
     """The naive route: grow the class embedding, train every weight on the new cells only."""
-    from scvi.train import TrainRunner
-
     new_types = [c for c in pd.unique(cells.obs["cell_type"].astype(str)) if c not in model.classes]
     classes = model.classes + tuple(new_types)
     old_emb = model.module.class_embedding
@@ -93,14 +90,13 @@ def finetune_flat(model: BranchedDiffusion, cells, max_epochs: int, seed: int = 
     model.module.class_embedding = emb
     model.classes = classes
     model.hierarchy_ = Hierarchy.flat(classes)
-    z = model._scale(model.latent_backend.encode(cells))
+    z = model.get_latent_representation(cells, scaled=True)
     cell_type = model.hierarchy_.class_index(cells.obs["cell_type"].astype(str).to_numpy())
     plan = DiffusionTrainingPlan(model.module, model.hierarchy_, model.sde)
-    TrainRunner(
-        model, training_plan=plan, data_splitter=LatentDataModule(z, cell_type, BATCH, seed),
-        max_epochs=max_epochs, accelerator="cpu", devices=1, use_distributed_sampler=False,
-        **QUIET,
-    )()
+    fit_plan(
+        model, plan, z, cell_type, batch_size=BATCH, max_epochs=max_epochs, seed=seed,
+        accelerator="cpu", devices=1, **QUIET,
+    )
 
 
 def score(model, heldout, types, n_steps, seed=0):

@@ -186,7 +186,7 @@ def run_dataset(name: str, args) -> pd.DataFrame:
 
     def gmm():
         z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, args.seed)
-        return z, t, branched._to_anndata(z, t, args.seed)
+        return z, t, branched.decode_latent(z, t, seed=args.seed)
 
     fit_s["gmm"], (z, t, gen) = timed(gmm)
     outputs["gmm"] = (z, t, z_ref, ref_labels, gen)
@@ -196,7 +196,7 @@ def run_dataset(name: str, args) -> pd.DataFrame:
     z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
     outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
 
-    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched._to_anndata(z_floor, floor_labels, args.seed))
+    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=args.seed))
     outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
 
     space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=args.seed)

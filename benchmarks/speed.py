@@ -90,12 +90,12 @@ def bare_steps(model, n_steps: int, device: str) -> float:
     """Seconds of `n_steps` bare optimiser steps (loss, backward, AdamW) of a trained model's network."""
     import torch
 
-    from scbranchdiff.module._training_plan import DiffusionTrainingPlan
+    from scbranchdiff.train import DiffusionTrainingPlan
 
     plan = DiffusionTrainingPlan(model.module, model.hierarchy, model.sde).to(device)
     model.module.train()
     opt = torch.optim.AdamW([p for p in model.module.parameters() if p.requires_grad], lr=1e-4)
-    z = torch.as_tensor(model._scale(model.latent_backend.encode(model.adata)), device=device)
+    z = torch.as_tensor(model.get_latent_representation(scaled=True), device=device)
     labels = torch.as_tensor(model.hierarchy.class_index(model.adata.obs["cell_type"].astype(str).to_numpy()), device=device)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, len(z), (BATCH_SIZE,), generator=gen) for _ in range(n_steps)]

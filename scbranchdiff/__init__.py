@@ -1,6 +1,6 @@
 """scbranchdiff: hierarchically branched diffusion models for single cells.
 
-Subpackages that need torch (model, module, diffusion, latent) are imported on first use, so
+Subpackages that need torch (model, module, diffusion, latent, train) are imported on first use, so
 ``scbranchdiff.hierarchy`` and ``scbranchdiff.data`` work without loading torch.
 """
 
@@ -18,7 +18,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 from . import hierarchy  # noqa: E402
 from .hierarchy import Branch, Hierarchy  # noqa: E402
 
-_SUBPACKAGES = ("data", "diffusion", "latent", "metrics", "model", "module", "pl")
+_SUBPACKAGES = ("data", "diffusion", "latent", "metrics", "model", "module", "pl", "train")
 
 __all__ = ["Branch", "Hierarchy", "__version__", "hierarchy", *_SUBPACKAGES]
 

@@ -18,10 +18,11 @@ import pytest
 
 PUBLIC_MODULES = ["scbranchdiff", "scbranchdiff.model", "scbranchdiff.hierarchy",
                   "scbranchdiff.data", "scbranchdiff.metrics", "scbranchdiff.pl",
-                  "scbranchdiff.diffusion", "scbranchdiff.latent", "scbranchdiff.module"]
+                  "scbranchdiff.diffusion", "scbranchdiff.latent", "scbranchdiff.module",
+                  "scbranchdiff.train"]
 MODEL_METHODS = ["setup_anndata", "train", "generate", "generate_to_file", "transmute",
                  "sample_intermediates", "add_cell_types", "get_latent_representation",
-                 "save", "load"]
+                 "save", "load", "decode_latent"]
 
 
 def _public_objects() -> dict[str, object]:

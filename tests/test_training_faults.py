@@ -160,7 +160,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_hierarchy import hierarchies  # noqa: E402
 
-from scbranchdiff.module._training_plan import BranchLookup  # noqa: E402
+from scbranchdiff.module import BranchLookup  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,11 +1,16 @@
-"""Pure-torch diffusion maths: the VP SDE, the reverse-time samplers and tree integration."""
+"""Pure-torch diffusion maths: the VP SDE, the loss, the noise streams, samplers and tree integration."""
 
+from ._loss import NoisePredictionLoss
+from ._noise import NoiseStreams
 from ._samplers import denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
-from ._tree import SAMPLERS, TreeSampler
+from ._tree import SAMPLERS, BranchState, TreeSampler
 
 __all__ = [
     "SAMPLERS",
+    "BranchState",
+    "NoisePredictionLoss",
+    "NoiseStreams",
     "TreeSampler",
     "VPSDE",
     "denoise",

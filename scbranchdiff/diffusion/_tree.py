@@ -5,8 +5,8 @@ branch serve every class below it: each branch segment is integrated once, and i
 start from the parent's final states (the first n_child rows). The flat (class-conditional)
 model has one branch whose dynamics differ by class; its rows carry their class instead.
 
-Random numbers are drawn per (seed, chunk, branch key, step) where the branch key is the first
-class of the branch in hierarchy order. Classes added later (continual learning) come last in
+Random numbers come from :class:`NoiseStreams`, keyed by (seed, chunk, branch key, step) where
+the branch key is the first class of the branch in hierarchy order. Classes added later (continual learning) come last in
 that order, so adding a class leaves the random numbers, and thus the samples, of the old
 classes unchanged.
 """
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
+from ._noise import NoiseStreams
 from ._samplers import EpsFn, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
 
@@ -29,9 +30,24 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torc
 SAMPLERS = ("sde", "ode")
 
 
-def _generator(*entropy: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
-    return torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class BranchState:
+    """States stopped inside a branch: `x` at time `t`, held by `branch`.
+
+    Returned by :meth:`TreeSampler.descend_to`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scbranchdiff.diffusion import BranchState
+    >>> state = BranchState(torch.zeros(4, 2), branch=0, t=0.5)
+    >>> state.x.shape, state.t
+    (torch.Size([4, 2]), 0.5)
+    """
+
+    x: torch.Tensor
+    branch: int
+    t: float
 
 
 @dataclass
@@ -86,28 +102,21 @@ class TreeSampler:
         if self.method not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.method!r}.")
         self.grid = np.asarray(time_grid(self.n_steps, self.sde))
+        self.noise = NoiseStreams(self.seed, self.n_latent, self.device, self.dtype)
 
     # --- random numbers -------------------------------------------------------------------
     def _key(self, branch: int) -> int:
         return int(self.hierarchy.class_index(self.hierarchy.branches[branch].classes).min())
 
-    def _normal(self, chunks: list[tuple[int, int]], step: int, chunk: int) -> torch.Tensor:
-        """Standard normal rows, `n` for each (key, n) in `chunks`, fixed by (seed, key, step)."""
-        parts = [
-            torch.randn(n, self.n_latent, generator=_generator(self.seed, chunk, key, step + 1))
-            for key, n in chunks
-        ]
-        return torch.cat(parts).to(device=self.device, dtype=self.dtype)
-
     def prior(self, counts: Mapping[int, int], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_1 ~ N(0, I) for the root: one row set shared by all classes, or one per class."""
         if self.class_conditional:
             classes = sorted(c for c, n in counts.items() if n > 0)
-            x = self._normal([(c, counts[c]) for c in classes], -1, chunk)
+            x = self.noise.normal([(c, counts[c]) for c in classes], -1, chunk)
             labels = torch.cat([torch.full((counts[c],), c, dtype=torch.long) for c in classes])
             return x, labels.to(self.device)
         n = max(counts.values())
-        return self._normal([(0, n)], -1, chunk), None
+        return self.noise.normal([(0, n)], -1, chunk), None
 
     # --- one segment ----------------------------------------------------------------------
     def _segment_times(self, branch: int, t_from: float) -> tuple[list[float], int]:
@@ -152,7 +161,7 @@ class TreeSampler:
             x,
             times,
             self.sde,
-            lambda step: self._normal(chunks, step, chunk),
+            lambda step: self.noise.normal(chunks, step, chunk),
             first_step=first_step,
         )
 
@@ -178,9 +187,8 @@ class TreeSampler:
         counts: Mapping[int, int],
         *,
         labels: torch.Tensor | None = None,
-        t_stop: float | None = None,
         chunk: int = 0,
-    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, int, float]:
+    ) -> dict[int, torch.Tensor]:
         """Integrate states `x` (at time `t_from`, held by `branch`) down to the leaves.
 
         Parameters
@@ -195,30 +203,17 @@ class TreeSampler:
             Rows wanted per class index; only branches leading to these classes are visited.
         labels
             Class of each row (class-conditional network only).
-        t_stop
-            If given, stop at the first grid time at or below it instead of t_min and return
-            the states there with the branch that holds them (used for intermediates).
         chunk
-            Index of this chunk of a streamed generation (changes the random numbers).
+            Stream id of these states (a chunk of a streamed generation, or a group of a
+            transmutation): changes the random numbers.
 
         Returns
         -------
-        Latent samples per class index (denoised at t_min), or, with `t_stop`, the tuple
-        (states, branch holding them, their time).
+        Latent samples per class index (denoised at t_min).
         """
         times, first = self._segment_times(branch, t_from)
-        if t_stop is not None:
-            keep = [t for t in times if t >= t_stop - 1e-12]
-            if len(keep) < len(times):
-                stop_times = keep + [times[len(keep)]]
-                x = self._run(branch, x, labels, stop_times, first, chunk)
-                return x, branch, stop_times[-1]
         x = self._run(branch, x, labels, times, first, chunk)
-        t_end = times[-1]
-        children = [
-            c for c in self.hierarchy.children(branch)
-            if any(counts.get(k, 0) > 0 for k in self.hierarchy.class_index(self.hierarchy.branches[c].classes))
-        ]
+        children = self._children_towards(branch, counts)
         if not children:
             x = self._finish(branch, x, labels)
             if labels is None:
@@ -228,16 +223,54 @@ class TreeSampler:
         for child in children:
             wanted = self._wanted(child, counts)
             n = max(counts[k] for k in wanted)
-            result = self.descend(
-                child, x[:n], t_end, {k: counts[k] for k in wanted}, t_stop=t_stop, chunk=chunk
-            )
-            if isinstance(result, tuple):
-                if len(children) == 1:
-                    # one path leads to every requested class: the stop lies on it
-                    return result
-                raise ValueError("`t_stop` must lie above the lowest split of the requested types.")
-            out.update(result)
+            out.update(self.descend(child, x[:n], times[-1], {k: counts[k] for k in wanted}, chunk=chunk))
         return out
+
+    @torch.no_grad()
+    def descend_to(
+        self,
+        t_stop: float,
+        x: torch.Tensor,
+        counts: Mapping[int, int],
+        *,
+        branch: int | None = None,
+        t_from: float = 1.0,
+        chunk: int = 0,
+    ) -> BranchState:
+        """Integrate states down to the first grid time at or below `t_stop` (intermediates).
+
+        Parameters
+        ----------
+        t_stop
+            Where to stop; it must lie above the lowest split of the classes in `counts`.
+        x
+            States at `t_from`, held by `branch` (default: the root at t = 1).
+        counts
+            Rows wanted per class index: the stop must lie on the one path they share.
+        branch, t_from, chunk
+            As in :meth:`descend`.
+
+        Returns
+        -------
+        The states there, the branch that holds them and their time.
+        """
+        branch = self.hierarchy.root if branch is None else branch
+        times, first = self._segment_times(branch, t_from)
+        keep = [t for t in times if t >= t_stop - 1e-12]
+        if len(keep) < len(times):
+            stop_times = keep + [times[len(keep)]]
+            x = self._run(branch, x, None, stop_times, first, chunk)
+            return BranchState(x, branch, stop_times[-1])
+        x = self._run(branch, x, None, times, first, chunk)
+        children = self._children_towards(branch, counts)
+        if len(children) != 1:
+            raise ValueError("`t_stop` must lie above the lowest split of the requested types.")
+        n = max(counts[k] for k in self._wanted(children[0], counts))
+        return self.descend_to(t_stop, x[:n], counts, branch=children[0], t_from=times[-1], chunk=chunk)
+
+    def _children_towards(self, branch: int, counts: Mapping[int, int]) -> list[int]:
+        """Children of `branch` that lead to a class with rows wanted."""
+        return [c for c in self.hierarchy.children(branch) if self._wanted(c, counts)]
 
     def _wanted(self, branch: int, counts: Mapping[int, int]) -> list[int]:
         idx = self.hierarchy.class_index(self.hierarchy.branches[branch].classes)
@@ -246,9 +279,7 @@ class TreeSampler:
     def generate(self, counts: Mapping[int, int], chunk: int = 0) -> dict[int, torch.Tensor]:
         """Sample `counts[k]` latents of each class index k from the prior at t = 1."""
         x, labels = self.prior(counts, chunk)
-        result = self.descend(self.hierarchy.root, x, 1.0, counts, labels=labels, chunk=chunk)
-        assert isinstance(result, dict)
-        return result
+        return self.descend(self.hierarchy.root, x, 1.0, counts, labels=labels, chunk=chunk)
 
     @torch.no_grad()
     def encode(self, x0: torch.Tensor, cell_type: int, t_to: float) -> torch.Tensor:

@@ -1,9 +1,16 @@
 """Latent backends: where the diffusion runs (scVI by default, PCA, or a given embedding)."""
 
 from ._base import DecodedCells, LatentBackend
+from ._factory import BACKENDS, make_backend
 from ._pca import ObsmLatent, PCALatent
 from ._scvi import SCVILatent
 
-BACKENDS = {"scvi": SCVILatent, "pca": PCALatent, "obsm": ObsmLatent}
-
-__all__ = ["BACKENDS", "DecodedCells", "LatentBackend", "ObsmLatent", "PCALatent", "SCVILatent"]
+__all__ = [
+    "BACKENDS",
+    "DecodedCells",
+    "LatentBackend",
+    "ObsmLatent",
+    "PCALatent",
+    "SCVILatent",
+    "make_backend",
+]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+
+from .._checks import align_genes
 
 
 @dataclass
@@ -41,8 +45,10 @@ class DecodedCells:
 class LatentBackend(ABC):
     """An encoder/decoder between cells and the latent space where diffusion runs.
 
-    Subclasses implement `fit`, `encode`, `decode` and the plain-value state used by
-    `BranchedDiffusion.save` (`config` + `tensors`, restored by `from_state`).
+    The model uses a backend only through this interface: `needs_fit` / `fit` (one signature
+    for every backend), `check_compatible` for new cells, `encode`, `decode`,
+    `add_cell_types` (after continual learning; default: nothing to record) and the
+    plain-value `state` (`config` + `tensors`) that `from_state` restores.
 
     Examples
     --------
@@ -74,8 +80,58 @@ class LatentBackend(ABC):
         """Whether `decode` returns gene expression."""
         return True
 
-    def fit(self, adata: AnnData, labels: np.ndarray, **kwargs) -> None:  # noqa: B027
-        """Fit the backend on the registered cells (no-op for fitted backends)."""
+    @property
+    def needs_fit(self) -> bool:
+        """Whether `train` must call `fit` before encoding (a given, fitted model: no)."""
+        return not self.is_fitted
+
+    def fit(  # noqa: B027 - a backend that is given fitted has nothing to fit
+        self,
+        adata: AnnData,
+        labels: np.ndarray,
+        *,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        seed: int = 0,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: Any = "auto",
+        **train_kwargs: Any,
+    ) -> None:
+        """Fit the backend on the registered cells.
+
+        Parameters
+        ----------
+        adata
+            The registered cells.
+        labels
+            Cell type of every cell.
+        layer, batch_key
+            The registered expression layer and batch column.
+        seed
+            Seed of every random number drawn.
+        max_epochs, accelerator, devices, **train_kwargs
+            Training settings of backends that train (ignored by the others).
+        """
+
+    def check_compatible(
+        self, adata: AnnData, *, var_names: Sequence[str], layer: str | None, argument: str = "adata"
+    ) -> AnnData:
+        """`adata` ready to :meth:`encode`: the model's genes in its order, the layer present.
+
+        A reordered copy when only the gene order differs (with a warning); raises naming
+        `argument` otherwise.
+        """
+        aligned = align_genes(adata, var_names, argument=argument)
+        if layer is not None and layer not in aligned.layers:
+            raise KeyError(
+                f"The model reads layer {layer!r}, which {argument} lacks "
+                f"(layers: {list(aligned.layers)})."
+            )
+        return aligned
+
+    def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:  # noqa: B027
+        """Record what decoding new cell types needs (default: nothing)."""
 
     @abstractmethod
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
@@ -94,3 +150,14 @@ class LatentBackend(ABC):
     @abstractmethod
     def tensors(self) -> dict[str, np.ndarray]:
         """Arrays to save (numeric only: they go into a safetensors file)."""
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Plain values to save: (`config`, `tensors`), restored by :meth:`from_state`."""
+        return self.config(), self.tensors()
+
+    @classmethod
+    @abstractmethod
+    def from_state(
+        cls, config: dict, tensors: dict[str, np.ndarray], adata: AnnData | None = None
+    ) -> LatentBackend:
+        """Rebuild a saved backend; `adata` supplies what is not saved (genes, batch column)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from anndata import AnnData
 from sklearn.decomposition import PCA
@@ -56,7 +59,9 @@ class PCALatent(LatentBackend):
     def is_fitted(self) -> bool:
         return self.components_ is not None
 
-    def fit(self, adata: AnnData, labels: np.ndarray, *, layer: str | None = None, seed: int = 0, **_) -> None:
+    def fit(
+        self, adata: AnnData, labels: np.ndarray, *, layer: str | None = None, seed: int = 0, **_: Any
+    ) -> None:
         self.layer = layer
         n_comps = min(self._n_latent, adata.n_obs - 1, adata.n_vars)
         pca = PCA(n_components=n_comps, random_state=seed, svd_solver="auto")
@@ -125,8 +130,30 @@ class ObsmLatent(LatentBackend):
     def can_decode(self) -> bool:
         return False
 
-    def fit(self, adata: AnnData, labels: np.ndarray, **_) -> None:
+    @property
+    def needs_fit(self) -> bool:
+        # the embedding is read anew from the registered AnnData at every training
+        return True
+
+    def fit(self, adata: AnnData, labels: np.ndarray, **_: Any) -> None:
         self._n_latent = self.encode(adata).shape[1]
+
+    def check_compatible(
+        self, adata: AnnData, *, var_names: Sequence[str], layer: str | None, argument: str = "adata"
+    ) -> AnnData:
+        """`adata` with the embedding of the right width (genes are not used)."""
+        if self.key not in adata.obsm:
+            raise KeyError(
+                f"The model's latent is adata.obsm[{self.key!r}], which {argument} lacks "
+                f"(obsm keys: {list(adata.obsm)})."
+            )
+        width = np.shape(adata.obsm[self.key])[1]
+        if width != self.n_latent:
+            raise ValueError(
+                f"{argument}.obsm[{self.key!r}] has {width} dimensions; the model's latent has "
+                f"{self.n_latent}."
+            )
+        return adata
 
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
         if self.key not in adata.obsm:

@@ -91,6 +91,11 @@ class SCVILatent(LatentBackend):
     def is_fitted(self) -> bool:
         return self.model is not None and self.model.is_trained
 
+    @property
+    def needs_fit(self) -> bool:
+        # a given trained SCVI still needs the library sizes of the registered cell types
+        return not (self.is_fitted and self.library)
+
     def _scvi_adata(self, adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
         """A minimal AnnData sharing the count matrix, for the internal SCVI."""
         obs = pd.DataFrame(index=adata.obs_names.copy())
@@ -107,6 +112,7 @@ class SCVILatent(LatentBackend):
         *,
         layer: str | None = None,
         batch_key: str | None = None,
+        seed: int = 0,
         max_epochs: int | None = None,
         accelerator: str = "auto",
         devices: int | str = "auto",
@@ -232,10 +238,15 @@ class SCVILatent(LatentBackend):
         return backend
 
     def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:
-        """Record library sizes of new cell types (the autoencoder itself stays frozen)."""
+        """Record library sizes of new cell types (the autoencoder itself stays frozen).
+
+        All or nothing: the records change only when every type's values were computed.
+        """
         counts = counts_matrix(adata, layer)
         log_library = np.log(np.asarray(counts.sum(axis=1)).ravel().clip(min=1.0))
         batches = self._batch_codes(adata)
-        for c in np.unique(labels):
-            self.library[str(c)] = log_library[labels == c]
-            self.library_batch[str(c)] = batches[labels == c]
+        types = [str(c) for c in np.unique(labels)]
+        library = {c: log_library[labels == c] for c in types}
+        library_batch = {c: batches[labels == c] for c in types}
+        self.library.update(library)
+        self.library_batch.update(library_batch)

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from ._inputs import cell_type_labels, label_order, shared_cell_types
+from .._checks import cell_type_labels, label_order, shared_cell_types
 from ._representation import fit_expression_pca
 
 #: Fewest cells per side for which a two-sample AUC is computed (NaN below, with a warning).

@@ -11,10 +11,10 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
+from .._checks import cell_type_labels, gene_indexer, label_order, shared_cell_types
 from ._classifiers import C2ST_MIN_CELLS, c2st_auc, fit_label_classifier, per_type_accuracy
 from ._distances import MMD_BANDWIDTH_FACTORS, energy_distance, mmd_rbf, wasserstein2
 from ._expression import N_MARKERS, marker_overlap, mean_var_correlation
-from ._inputs import cell_type_labels, gene_order, label_order, shared_cell_types
 from ._representation import ExpressionPCA, fit_expression_pca
 
 #: Metric columns of :func:`evaluate`, headline first.
@@ -258,10 +258,11 @@ def evaluate(
         raise ValueError(f"`max_cells_per_type` must be at least 2, got {max_cells_per_type!r}.")
     real_labels = cell_type_labels(adata_real, labels_key, name="adata_real")
     generated_labels = cell_type_labels(adata_generated, labels_key, name="adata_generated")
-    gene_order(
-        pd.Index(adata_real.var_names),
-        pd.Index(adata_generated.var_names),
-        name="`adata_generated`",
+    gene_indexer(
+        adata_real.var_names,
+        adata_generated.var_names,
+        argument="adata_generated",
+        reference_name="the real cells",
     )
     if latent_key is not None:
         _check_latent(adata_real, adata_generated, latent_key)

@@ -16,7 +16,7 @@ from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import normalize
 
-from ._inputs import expression_matrix, gene_order, has_negative_values, looks_like_counts
+from .._checks import expression_matrix, gene_indexer, has_negative_values, looks_like_counts
 
 TARGET_SUM = 1e4
 
@@ -85,9 +85,9 @@ class ExpressionPCA:
         self, adata: AnnData, *, name: str = "adata"
     ) -> np.ndarray | sparse.spmatrix:
         """Log-normalised expression of ``adata`` with genes in the real order (cells x genes)."""
-        order = gene_order(self.genes, pd.Index(adata.var_names), name=f"`{name}`")
-        x = expression_matrix(adata, self.layer, name=name)
-        if not np.array_equal(order, np.arange(len(order))):
+        order = gene_indexer(self.genes, adata.var_names, argument=name, reference_name="the real cells")
+        x = expression_matrix(adata, self.layer, name=name, required=True)
+        if order is not None and not np.array_equal(order, np.arange(len(order))):
             x = x[:, order]
         _check_value_kind(x, self.is_counts, self.is_counts_detected, name=name)
         return log_normalise(x) if self.is_counts else x.astype(np.float64)
@@ -171,7 +171,7 @@ def fit_expression_pca(
         raise ValueError(
             f"The real cells must number at least 2 to fit a PCA, got {adata_real.n_obs}."
         )
-    x = expression_matrix(adata_real, layer, name="adata_real")
+    x = expression_matrix(adata_real, layer, name="adata_real", required=True)
     detected = is_counts is None
     if detected:
         is_counts = looks_like_counts(x)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,14 +31,10 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from .._checks import check_labels
 from ..hierarchy import Hierarchy, insert_classes
-from ..latent import ObsmLatent, SCVILatent
 from ..module import BranchedScoreNetwork
-from ..module._training_plan import DiffusionTrainingPlan, LatentDataModule
-from ._validation import align_genes, check_labels
-
-if TYPE_CHECKING:
-    from ..diffusion import VPSDE
+from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
 
 logger = logging.getLogger(__name__)
 
@@ -46,41 +42,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTINUAL_STEPS = 2000
 # discovery_kwargs that insert_classes does not take (fit_split_times' reduction)
 _NOT_FOR_INSERT = ("reduce",)
-
-
-class ContinualTrainingPlan(DiffusionTrainingPlan):
-    """Training plan for new heads: each cell's time is drawn below its class's join time.
-
-    Parameters
-    ----------
-    network, hierarchy, sde, **kwargs
-        As in :class:`~scbranchdiff.module.DiffusionTrainingPlan`; freeze what must not train
-        (``requires_grad = False``) before building the plan.
-    t_max
-        Per class index, the upper end of the times drawn for its cells (its join time: above
-        it the class is served by frozen heads).
-    """
-
-    def __init__(
-        self,
-        network: BranchedScoreNetwork,
-        hierarchy: Hierarchy,
-        sde: VPSDE,
-        t_max: np.ndarray,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(network, hierarchy, sde, **kwargs)
-        self.register_buffer("t_max", torch.as_tensor(t_max, dtype=torch.float32), persistent=False)
-
-    def loss(self, x0: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
-        """Noise-prediction MSE at times uniform in [t_min, t_max(class)]."""
-        t_min = self.sde.t_min
-        t = t_min + torch.rand(x0.shape[0], device=x0.device) * (self.t_max[cell_type] - t_min)
-        z = torch.randn_like(x0)
-        x_t = self.sde.marginal_sample(x0, t, z)
-        branch = self.lookup(cell_type, t)
-        z_hat = self.network(x_t, t, branch, None)
-        return ((z_hat - z) ** 2).mean()
 
 
 class ContinualLearningMixin:
@@ -99,6 +60,7 @@ class ContinualLearningMixin:
         devices: int | list[int] | str = "auto",
         seed: int = 0,
         plan_kwargs: dict | None = None,
+        checkpoint_dir: str | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Learn new cell types while every old type stays exactly as it was.
@@ -124,8 +86,9 @@ class ContinualLearningMixin:
         cell_types
             Which types of `adata_new` to add (appended in this order). Default: every type
             the model does not know, in category order (order of appearance if not categorical).
-        batch_size, lr, ema_decay, accelerator, devices, seed, plan_kwargs, **trainer_kwargs
-            As in :meth:`train`.
+        batch_size, lr, ema_decay, accelerator, devices, seed, plan_kwargs, checkpoint_dir, **trainer_kwargs
+            As in :meth:`train` (the same training path: trainer settings, DDP strategies,
+            checkpoints and resuming with ``ckpt_path="last"``).
 
         Raises
         ------
@@ -173,13 +136,17 @@ class ContinualLearningMixin:
         >>> bool((after.obsm["X_latent"][:70] == before.obsm["X_latent"]).all())  # old types unchanged
         True
         """
+        import lightning.pytorch as pl
+
         self._check_trained()
-        if self.is_flat:
+        if self.is_label_guided:
             raise ValueError(
                 "`add_cell_types` needs a branched model: the flat baseline shares every weight "
                 "between cell types, so learning a new type would change the old ones. Retrain "
                 "the flat model on all cells instead."
             )
+        callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
+        pl.seed_everything(seed, verbose=False)
         cells, labels, new_types = self._new_type_cells(adata_new, cell_types)
         z_new = self._encode_new(cells)
         z_ref = self._scale(self.latent_backend.encode(self.adata))
@@ -197,31 +164,22 @@ class ContinualLearningMixin:
         )
         mapping = Hierarchy.map_branches(old, new)
         network, trained = _grow_network(self.module, new, mapping)
-        t_max = _join_times(new, mapping)
         cell_type = new.class_index(labels)
         if max_epochs is None:
-            steps_per_epoch = int(np.ceil(len(z_new) / batch_size))
-            max_epochs = max(20, int(np.ceil(DEFAULT_CONTINUAL_STEPS / steps_per_epoch)))
+            max_epochs = epochs_for_steps(len(z_new), batch_size, DEFAULT_CONTINUAL_STEPS, min_epochs=20)
 
-        saved = (self.module, getattr(self, "history_", None), getattr(self, "trainer", None))
-        library_before = dict(getattr(self.latent_backend, "library", {}))
-        batch_before = dict(getattr(self.latent_backend, "library_batch", {}))
-        try:
+        with self._rollback_on_failure():
             self.module = network
-            self._fit_new_heads(
-                network, new, t_max, z_new, cell_type, max_epochs=max_epochs,
-                batch_size=batch_size, lr=lr, ema_decay=ema_decay, accelerator=accelerator,
-                devices=devices, seed=seed, plan_kwargs=plan_kwargs, **trainer_kwargs,
+            plan = DiffusionTrainingPlan(
+                network, new, self.sde, lr=lr, ema_decay=ema_decay, t_max=_join_times(new, mapping),
+                **(plan_kwargs or {}),
             )
-            if isinstance(self.latent_backend, SCVILatent):
-                # library sizes (and batches) that generated cells of the new types draw from
-                self.latent_backend.add_cell_types(cells, labels, self.layer)
-        except BaseException:
-            self.module, self.history_, self.trainer = saved
-            if isinstance(self.latent_backend, SCVILatent):
-                self.latent_backend.library = library_before
-                self.latent_backend.library_batch = batch_before
-            raise
+            fit_plan(
+                self, plan, z_new, cell_type, batch_size=batch_size, max_epochs=max_epochs, seed=seed,
+                accelerator=accelerator, devices=devices, extra_callbacks=callbacks, **trainer_kwargs,
+            )
+            # what decoding the new types needs (e.g. scVI library sizes); all or nothing
+            self.latent_backend.add_cell_types(cells, labels, self.layer)
         for p in network.parameters():
             p.requires_grad_(True)
         network.eval()
@@ -252,27 +210,9 @@ class ContinualLearningMixin:
         labels_key = self.labels_key
         check_labels(adata_new, labels_key)
         # genes (or the embedding) first: a wrong AnnData is reported as such
-        if isinstance(self.latent_backend, ObsmLatent):
-            key = self.latent_backend.key
-            if key not in adata_new.obsm:
-                raise KeyError(
-                    f"The model's latent is adata.obsm[{key!r}], which adata_new lacks "
-                    f"(obsm keys: {list(adata_new.obsm)})."
-                )
-            width = np.shape(adata_new.obsm[key])[1]
-            if width != self.latent_backend.n_latent:
-                raise ValueError(
-                    f"adata_new.obsm[{key!r}] has {width} dimensions; the model's latent has "
-                    f"{self.latent_backend.n_latent}."
-                )
-            aligned = adata_new
-        else:
-            aligned = align_genes(adata_new, self.adata.var_names, argument="adata_new")
-            if self.layer is not None and self.layer not in aligned.layers:
-                raise KeyError(
-                    f"The model reads layer {self.layer!r}, which adata_new lacks "
-                    f"(layers: {list(aligned.layers)})."
-                )
+        aligned = self.latent_backend.check_compatible(
+            adata_new, var_names=self.adata.var_names, layer=self.layer, argument="adata_new"
+        )
         names = adata_new.obs[labels_key]
         labels = names.astype(str).to_numpy()
         present = (
@@ -331,45 +271,6 @@ class ContinualLearningMixin:
                 "The new cells have non-finite latent coordinates: check their expression values."
             )
         return self._scale(z)
-
-    def _fit_new_heads(
-        self,
-        network: BranchedScoreNetwork,
-        hierarchy: Hierarchy,
-        t_max: np.ndarray,
-        z: np.ndarray,
-        cell_type: np.ndarray,
-        *,
-        max_epochs: int,
-        batch_size: int,
-        lr: float,
-        ema_decay: float,
-        accelerator: str,
-        devices: Any,
-        seed: int,
-        plan_kwargs: dict | None,
-        **trainer_kwargs: Any,
-    ) -> None:
-        import lightning.pytorch as pl
-        from scvi.train import TrainRunner
-
-        pl.seed_everything(seed, verbose=False)
-        plan = ContinualTrainingPlan(
-            network, hierarchy, self.sde, t_max, lr=lr, ema_decay=ema_decay, **(plan_kwargs or {})
-        )
-        data = LatentDataModule(z, cell_type, batch_size=batch_size, seed=seed)
-        trainer_kwargs.setdefault("use_distributed_sampler", False)
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
-        runner = TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=data,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            **trainer_kwargs,
-        )
-        runner()
 
     def _sync_label_registry(self) -> None:
         """Append model classes missing from the registered label categories (codes unchanged).

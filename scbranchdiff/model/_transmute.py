@@ -7,7 +7,7 @@ scaling, hierarchy and :class:`~scbranchdiff.diffusion.TreeSampler`, and adds no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from .._checks import check_positive_int, check_time, gene_indexer
 from ..diffusion import SAMPLERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,12 +139,12 @@ class TransmutationMixin:
                 f"Unknown `target` {target!r}; the model knows {list(hierarchy.classes)}."
             )
         if t is not None:
-            t = self._check_time(t, "t")
+            t = check_time(t, "t")
         cells, source_names = self._transmutation_input(adata, indices)
         if len(source_names) == 0:
             raise ValueError("No cells to transmute: `indices` selects none.")
         source_types = cells.obs[self.labels_key].astype(str).to_numpy()
-        if t is None and self.is_flat and (source_types != target).any():
+        if t is None and self.is_label_guided and (source_types != target).any():
             raise ValueError(
                 "The flat model has no split times between cell types: pass `t` (in (0, 1]) "
                 "to transmute cells of another type."
@@ -225,24 +226,10 @@ class TransmutationMixin:
         elif not isinstance(adata, AnnData):
             raise TypeError(f"`adata` must be an AnnData or None, got {type(adata).__name__}.")
         elif adata is not self.adata:
-            model_genes = pd.Index(self.adata.var_names.astype(str))
-            genes = pd.Index(adata.var_names.astype(str))
-            if not genes.is_unique:
-                raise ValueError(
-                    "`adata.var_names` must be unique to match the model's genes by name."
-                )
-            if not genes.equals(model_genes):
-                missing = model_genes.difference(genes)
-                extra = genes.difference(model_genes)
-                if len(missing) or len(extra):
-                    raise ValueError(
-                        f"`adata` has other genes than the model ({adata.n_vars} vs "
-                        f"{len(model_genes)}): missing {len(missing)} (e.g. {list(missing[:10])}), "
-                        f"unexpected {len(extra)} (e.g. {list(extra[:10])}). Subset it to the "
-                        "model's genes, `adata[:, model.adata.var_names]`."
-                    )
+            positions = gene_indexer(self.adata.var_names, adata.var_names)
+            if positions is not None:
                 # same set, other order: a view in the model's order
-                adata = adata[:, genes.get_indexer(model_genes)]
+                adata = adata[:, positions]
             if labels_key not in adata.obs:
                 raise KeyError(
                     f"`adata.obs` has no column {labels_key!r} (the model's labels key): "
@@ -282,14 +269,6 @@ class TransmutationMixin:
                 f"(known: {list(self.hierarchy.classes)})."
             )
         return adata, adata.obs_names.astype(str).to_numpy()
-
-    @staticmethod
-    def _check_time(t: Any, name: str) -> float:
-        if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating):
-            raise TypeError(f"`{name}` must be a number in (0, 1], got {type(t).__name__}.")
-        if not 0.0 < float(t) <= 1.0:
-            raise ValueError(f"`{name}` must lie in (0, 1], got {t}.")
-        return float(t)
 
     # ------------------------------------------------------------------ intermediates
     def sample_intermediates(
@@ -356,7 +335,7 @@ class TransmutationMixin:
         {'leaf': 40, 'intermediate': 20}
         """
         self._check_trained()
-        if self.is_flat:
+        if self.is_label_guided:
             raise ValueError(
                 "The flat (label-guided) model shares no states between cell types: intermediates "
                 "need a branched hierarchy."
@@ -374,15 +353,13 @@ class TransmutationMixin:
             raise ValueError(
                 f"`cell_types` must name two or more distinct types, got {cell_types}."
             )
-        if isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells <= 0:
-            raise ValueError(f"`n_cells` must be a positive integer, got {n_cells!r}.")
-        n_cells = int(n_cells)
-        common = self._common_branch(cell_types)
+        n_cells = check_positive_int("n_cells", n_cells)
+        common = hierarchy.common_branch(*cell_types)
         t_split = hierarchy.branches[common].t_start
         if t is None:
             t = t_split
         else:
-            t = self._check_time(t, "t")
+            t = check_time(t, "t")
             if t < t_split:
                 raise ValueError(
                     f"`t={t}` lies below the split time {t_split:.3f} of {cell_types}: their "
@@ -395,9 +372,8 @@ class TransmutationMixin:
         idx = [int(k) for k in hierarchy.class_index(cell_types)]
         counts = {k: n_cells for k in idx}
         x, _ = tree.prior(counts)
-        result = tree.descend(hierarchy.root, x, 1.0, counts, t_stop=t)
-        assert isinstance(result, tuple)
-        x_t, branch, t_state = result
+        state = tree.descend_to(t, x, counts)
+        x_t, branch, t_state = state.x, state.branch, state.t
         x0_hat = self._tweedie(x_t, t_state, branch)
 
         # continue the same states down each child branch (types sharing one go together)
@@ -441,16 +417,6 @@ class TransmutationMixin:
             sampler=sampler, n_steps=tree.n_steps, seed=seed,
         )
         return out
-
-    def _common_branch(self, cell_types: Sequence[str]) -> int:
-        """The smallest branch holding every one of `cell_types`."""
-        paths = [self.hierarchy.path(c) for c in cell_types]
-        common = self.hierarchy.root
-        for branches in zip(*paths, strict=False):
-            if len(set(branches)) > 1:
-                break
-            common = branches[0]
-        return common
 
     @torch.no_grad()
     def _tweedie(self, x_t: torch.Tensor, t: float, branch: int) -> np.ndarray:

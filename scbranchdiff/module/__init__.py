@@ -1,5 +1,6 @@
-"""Pure-torch modules: the branched score network and its training plan."""
+"""Pure-torch modules: the branched score network and the (class, t) -> branch routing."""
 
+from ._lookup import BranchLookup
 from ._network import BranchedScoreNetwork
 
-__all__ = ["BranchedScoreNetwork"]
+__all__ = ["BranchLookup", "BranchedScoreNetwork"]

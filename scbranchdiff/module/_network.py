@@ -8,6 +8,7 @@ reference code ran the trunk once per branch and every head on every sample).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -152,9 +153,11 @@ class BranchedScoreNetwork(nn.Module):
         """
         first = len(self.heads)
         for i in range(n_new):
-            head = self._new_head().to(next(self.parameters()).device)
             if warm_start_from is not None and warm_start_from[i] is not None:
-                head.load_state_dict(self.heads[warm_start_from[i]].state_dict())
+                # a copy draws no random numbers: the training that follows sees the same stream
+                head = copy.deepcopy(self.heads[warm_start_from[i]])
+            else:
+                head = self._new_head().to(next(self.parameters()).device)
             self.heads.append(head)
         return list(range(first, first + n_new))
 

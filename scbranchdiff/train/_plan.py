@@ -1,8 +1,8 @@
-"""Denoising score matching for the branched network, as a Lightning module (METHOD.md section 3).
+"""The Lightning training plan of the score network (METHOD.md section 3).
 
-Each sample x_0 of class c gets a time t ~ U(t_min, 1), is noised with the VP kernel, and the
-head of the branch holding (c, t) predicts the noise (noise-prediction MSE, the score-matching
-loss with weight s(t)^2). Each sample therefore updates the trunk and exactly one head.
+Each sample x_0 of class c gets a time t, is noised with the VP kernel, and the head of the
+branch holding (c, t) predicts the noise (:class:`~scbranchdiff.diffusion.NoisePredictionLoss`).
+Each sample therefore updates the trunk and exactly one head.
 """
 
 from __future__ import annotations
@@ -12,39 +12,10 @@ import math
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, TensorDataset
-from torch.utils.data.distributed import DistributedSampler
 
-from ..diffusion import VPSDE
+from ..diffusion import VPSDE, NoisePredictionLoss
 from ..hierarchy import Hierarchy
-from ._network import BranchedScoreNetwork
-
-
-class BranchLookup(torch.nn.Module):
-    """Vectorised (class, t) -> branch index on tensors, from the hierarchy's class paths.
-
-    For class c with path branches p_0 (root), ..., p_k (leaf) starting at s_0 > ... > s_k = 0,
-    t lies in p_j with j = #{i : s_i > t}.
-    """
-
-    def __init__(self, hierarchy: Hierarchy) -> None:
-        super().__init__()
-        paths = [hierarchy.path(c) for c in hierarchy.classes]
-        depth = max(len(p) for p in paths)
-        starts = torch.full((len(paths), depth), -math.inf, dtype=torch.float64)
-        ids = torch.zeros((len(paths), depth), dtype=torch.long)
-        for k, path in enumerate(paths):
-            for j, b in enumerate(path):
-                starts[k, j] = hierarchy.branches[b].t_start
-                ids[k, j] = b
-            ids[k, len(path):] = path[-1]
-        self.register_buffer("starts", starts, persistent=False)
-        self.register_buffer("ids", ids, persistent=False)
-
-    def forward(self, cell_type: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        depth = (self.starts[cell_type] > t[:, None].to(self.starts.dtype)).sum(dim=1)
-        depth = depth.clamp(max=self.ids.shape[1] - 1)
-        return self.ids[cell_type, depth]
+from ..module import BranchedScoreNetwork, BranchLookup
 
 
 class DiffusionTrainingPlan(pl.LightningModule):
@@ -66,6 +37,22 @@ class DiffusionTrainingPlan(pl.LightningModule):
         Exponential moving average of the weights used for sampling (0 disables it).
     warmup_steps
         Linear warm-up of the learning rate.
+    t_max
+        Per class index, the largest time drawn for its cells (None: 1 for every class).
+        Continual learning passes each new class's join time: above it frozen heads serve it.
+        Freeze what must not train (``requires_grad = False``) before building the plan.
+
+    Examples
+    --------
+    With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
+    its example):
+
+    >>> import torch
+    >>> from scbranchdiff.train import DiffusionTrainingPlan
+    >>> plan = DiffusionTrainingPlan(model.module, model.hierarchy, model.sde)
+    >>> z = torch.randn(8, model.module.n_latent)
+    >>> bool(torch.isfinite(plan.loss(z, torch.zeros(8, dtype=torch.long))))
+    True
     """
 
     def __init__(
@@ -77,11 +64,15 @@ class DiffusionTrainingPlan(pl.LightningModule):
         weight_decay: float = 1e-4,
         ema_decay: float = 0.999,
         warmup_steps: int = 200,
+        t_max: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.sde = sde
+        self.objective = NoisePredictionLoss(sde)
         self.lookup = BranchLookup(hierarchy)
+        t_max = None if t_max is None else torch.as_tensor(t_max, dtype=torch.float32)
+        self.register_buffer("t_max", t_max, persistent=False)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay = ema_decay
         # EMA shadows of the trainable parameters only: frozen ones must stay bit-identical
@@ -89,15 +80,15 @@ class DiffusionTrainingPlan(pl.LightningModule):
             name: p.detach().clone() for name, p in network.named_parameters() if p.requires_grad
         }
 
-    def loss(self, x0: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
-        """Noise-prediction MSE at random times."""
-        t = torch.rand(x0.shape[0], device=x0.device) * (1 - self.sde.t_min) + self.sde.t_min
-        z = torch.randn_like(x0)
-        x_t = self.sde.marginal_sample(x0, t, z)
-        branch = self.lookup(cell_type, t)
+    def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
+        """Predicted noise, each row through the head of the branch holding (its class, t)."""
         conditional = cell_type if self.network.class_conditional else None
-        z_hat = self.network(x_t, t, branch, conditional)
-        return ((z_hat - z) ** 2).mean()
+        return self.network(x_t, t, self.lookup(cell_type, t), conditional)
+
+    def loss(self, x0: torch.Tensor, cell_type: torch.Tensor) -> torch.Tensor:
+        """Noise-prediction MSE at random times (capped per class by `t_max`)."""
+        t_max = None if self.t_max is None else self.t_max[cell_type]
+        return self.objective(self.denoiser, x0, cell_type, t_max)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, cell_type = batch
@@ -171,66 +162,3 @@ class DiffusionTrainingPlan(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class LatentDataModule(pl.LightningDataModule):
-    """Standardised latents and class indices in memory, served as shuffled batches.
-
-    Batches are gathered with one tensor index per batch (no per-sample collation). The order of
-    epoch e is a permutation seeded by (seed, e), so a run resumed from a checkpoint sees the
-    same batches as an uninterrupted one. Under DDP each process gets its own shard.
-    """
-
-    def __init__(self, latent: np.ndarray, cell_type: np.ndarray, batch_size: int, seed: int = 0) -> None:
-        super().__init__()
-        self.dataset = TensorDataset(
-            torch.as_tensor(latent, dtype=torch.float32), torch.as_tensor(cell_type, dtype=torch.long)
-        )
-        self.batch_size = int(batch_size)
-        self.seed = seed
-        self.n_train = len(self.dataset)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        distributed = trainer is not None and trainer.world_size > 1
-        # one process: a DistributedSampler of one replica is a permutation seeded per epoch
-        sampler = DistributedSampler(
-            self.dataset,
-            num_replicas=trainer.world_size if distributed else 1,
-            rank=trainer.global_rank if distributed else 0,
-            seed=self.seed,
-        )
-        batches = _EpochBatchSampler(sampler, self.batch_size, drop_last=False)
-        return DataLoader(self.dataset, sampler=batches, batch_size=None)
-
-
-class _EpochBatchSampler(BatchSampler):
-    """BatchSampler that passes Lightning's `set_epoch` on, so each DDP epoch reshuffles."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-
-class EpochCheckpoint(pl.Callback):
-    """Writes `last.ckpt` (weights, optimiser, EMA, RNG, epoch) at the end of every epoch.
-
-    The file is written beside the target and renamed into place, so a job killed while saving
-    keeps the previous checkpoint whole.
-    """
-
-    FILENAME = "last.ckpt"
-
-    def __init__(self, dirpath: str) -> None:
-        super().__init__()
-        self.dirpath = dirpath
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import os
-
-        os.makedirs(self.dirpath, exist_ok=True)
-        target = os.path.join(self.dirpath, self.FILENAME)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, target)
