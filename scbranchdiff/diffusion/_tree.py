@@ -282,6 +282,33 @@ class TreeSampler:
         return self.descend(self.hierarchy.root, x, 1.0, counts, labels=labels, chunk=chunk)
 
     @torch.no_grad()
+    def transmute(self, x0: torch.Tensor, source: int, target: int, t_split: float, chunk: int = 0) -> torch.Tensor:
+        """States of class `source` taken up to `t_split`, then down the path of class `target`.
+
+        Up: the probability-flow ODE along the source's path ("ode", deterministic) or the
+        forward kernel x_t = a(t) x_0 + s(t) z ("sde"). Down: :meth:`descend` from the branch
+        of `target` at `t_split`. The noise stream is keyed by the source class and `chunk`,
+        so groups of cells of different types draw independent numbers.
+        """
+        n = x0.shape[0]
+        stream = (source + 1) * 1_000_003 + chunk
+        if self.method == "ode":
+            x_t = self.encode(x0, source, t_split)
+        else:
+            t = torch.full((n,), t_split, dtype=x0.dtype, device=x0.device)
+            x_t = self.sde.marginal_sample(x0, t, self.noise.normal([(source, n)], -1, stream))
+        labels = None
+        if self.class_conditional:
+            labels = torch.full((n,), target, dtype=torch.long, device=x0.device)
+        branch = int(self.hierarchy.branch_index(np.array([target]), t_split)[0])
+        return self.descend(branch, x_t, t_split, {target: n}, labels=labels, chunk=stream)[target]
+
+    @torch.no_grad()
+    def denoise(self, state: BranchState) -> torch.Tensor:
+        """Tweedie's estimate of x_0 from states stopped in a branch, with that branch's head."""
+        return denoise(self._eps_fn(state.branch, None), state.x, state.t, self.sde)
+
+    @torch.no_grad()
     def encode(self, x0: torch.Tensor, cell_type: int, t_to: float) -> torch.Tensor:
         """Run the probability-flow ODE up from t_min to `t_to` along the path of `cell_type`."""
         ts = np.linspace(self.sde.t_min, t_to, max(2, int(round(self.n_steps * t_to)) + 1))

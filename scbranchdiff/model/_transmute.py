@@ -19,16 +19,10 @@ from .._checks import check_positive_int, check_time, gene_indexer
 from ..diffusion import SAMPLERS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..diffusion import TreeSampler
+    pass
 
 INTERMEDIATE = "intermediate"
 LEAF = "leaf"
-
-
-def _normal(n: int, d: int, *entropy: int) -> np.ndarray:
-    """Standard normal draws fixed by `entropy` (seed, source type, batch)."""
-    seed_seq = np.random.SeedSequence([int(e) for e in entropy])
-    return np.random.default_rng(seed_seq).standard_normal((n, d)).astype(np.float32)
 
 
 class TransmutationMixin:
@@ -166,9 +160,8 @@ class TransmutationMixin:
                 continue
             for b, start in enumerate(range(0, len(rows), batch_size)):
                 part = rows[start : start + batch_size]
-                out_z[part] = self._transmute_latents(
-                    tree, z0[part], source_idx, target_idx, t_s, method, seed, chunk=b
-                )
+                x0 = torch.as_tensor(z0[part], dtype=tree.dtype, device=tree.device)
+                out_z[part] = tree.transmute(x0, source_idx, target_idx, t_s, chunk=b).cpu().numpy()
         z = self._unscale(out_z)
         out = self._to_anndata(z, np.full(len(z), target, dtype=object), seed)
         out.obs["source_cell"] = np.asarray(source_names, dtype=str)
@@ -182,36 +175,6 @@ class TransmutationMixin:
             seed=seed,
         )
         return out
-
-    def _transmute_latents(
-        self,
-        tree: TreeSampler,
-        z0: np.ndarray,
-        source_idx: int,
-        target_idx: int,
-        t_s: float,
-        method: str,
-        seed: int,
-        chunk: int,
-    ) -> np.ndarray:
-        """Up to `t_s` from the source type, then down the target's path (scaled latents)."""
-        n, d = z0.shape
-        x0 = torch.as_tensor(z0, dtype=tree.dtype, device=tree.device)
-        if method == "ode":
-            x_t = tree.encode(x0, source_idx, t_s)
-        else:
-            tt = torch.tensor(t_s, dtype=torch.float64)
-            alpha, sigma = float(self.sde.alpha(tt)), float(self.sde.sigma(tt))
-            noise = torch.as_tensor(_normal(n, d, seed, source_idx, chunk), device=tree.device)
-            x_t = alpha * x0 + sigma * noise
-        labels = None
-        if tree.class_conditional:
-            labels = torch.full((n,), target_idx, dtype=torch.long, device=tree.device)
-        branch = int(self.hierarchy.branch_index(np.array([target_idx]), t_s)[0])
-        # a separate noise stream per source type (and batch), so groups are independent
-        stream = (source_idx + 1) * 1_000_003 + chunk
-        result = tree.descend(branch, x_t, t_s, {target_idx: n}, labels=labels, chunk=stream)
-        return result[target_idx].cpu().numpy()
 
     def _transmutation_input(
         self, adata: AnnData | None, indices: Sequence[int] | np.ndarray | None
@@ -374,7 +337,7 @@ class TransmutationMixin:
         x, _ = tree.prior(counts)
         state = tree.descend_to(t, x, counts)
         x_t, branch, t_state = state.x, state.branch, state.t
-        x0_hat = self._tweedie(x_t, t_state, branch)
+        x0_hat = tree.denoise(state).cpu().numpy()
 
         # continue the same states down each child branch (types sharing one go together)
         child_of = hierarchy.branch_index(np.asarray(idx), t_state)
@@ -417,12 +380,3 @@ class TransmutationMixin:
             sampler=sampler, n_steps=tree.n_steps, seed=seed,
         )
         return out
-
-    @torch.no_grad()
-    def _tweedie(self, x_t: torch.Tensor, t: float, branch: int) -> np.ndarray:
-        """Denoised estimate of x_0 from x_t with the head of `branch`."""
-        tt = torch.full((x_t.shape[0],), t, dtype=x_t.dtype, device=x_t.device)
-        eps = self.module(x_t, tt, branch, None)
-        t64 = torch.tensor(t, dtype=torch.float64)
-        alpha, sigma = float(self.sde.alpha(t64)), float(self.sde.sigma(t64))
-        return ((x_t - sigma * eps) / alpha).cpu().numpy()
