@@ -132,7 +132,7 @@ class SCVILatent(LatentBackend):
                 accelerator=accelerator,
                 devices=devices,
                 batch_size=batch_size,
-                **train_kwargs,
+                **_seeded_split(minimal.n_obs, seed, train_kwargs),
             )
         self.library, self.library_batch = {}, {}
         self.add_cell_types(adata, np.asarray(labels), layer)
@@ -250,3 +250,36 @@ class SCVILatent(LatentBackend):
         library_batch = {c: batches[labels == c] for c in types}
         self.library.update(library)
         self.library_batch.update(library_batch)
+
+
+def _seeded_split(n_cells: int, seed: int, train_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`train_kwargs` with scVI's train/validation split drawn from `seed`.
+
+    scvi-tools draws the split from its global ``scvi.settings.seed``, which is None unless a
+    user sets it: the same `seed` then gave another scVI (and other generated cells) in every
+    process. The split has scvi-tools' sizes (``train_size``, default 0.9, rounded up;
+    ``validation_size``, default the rest) and is passed as ``external_indexing``. A split the
+    user passes in ``datasplitter_kwargs`` is kept as it is.
+    """
+    kwargs = dict(train_kwargs)
+    splitter = dict(kwargs.pop("datasplitter_kwargs", None) or {})
+    if "external_indexing" in splitter:
+        return {**kwargs, "datasplitter_kwargs": splitter}
+    train_size = kwargs.pop("train_size", None)
+    train_size = 0.9 if train_size is None else float(train_size)
+    validation_size = kwargs.pop("validation_size", None)
+    if not 0.0 < train_size <= 1.0:
+        raise ValueError(f"`train_size` of the scVI stage must lie in (0, 1], got {train_size}.")
+    n_train = int(np.ceil(train_size * n_cells))
+    if validation_size is None:
+        n_val = n_cells - n_train
+    elif not 0.0 <= float(validation_size) < 1.0 or train_size + float(validation_size) > 1.0:
+        raise ValueError(
+            "`validation_size` of the scVI stage must lie in [0, 1) with train_size + "
+            f"validation_size <= 1, got {validation_size}."
+        )
+    else:
+        n_val = int(np.floor(float(validation_size) * n_cells))
+    order = np.random.default_rng(seed).permutation(n_cells)
+    splitter["external_indexing"] = [order[n_val : n_val + n_train], order[:n_val], order[n_val + n_train :]]
+    return {**kwargs, "datasplitter_kwargs": splitter}
