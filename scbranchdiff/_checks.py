@@ -58,18 +58,33 @@ def check_in_memory(adata: AnnData, needed_by: str) -> None:
         )
 
 
+def labels_column(adata: AnnData, labels_key: str, *, name: str = "adata") -> pd.Series:
+    """``adata.obs[labels_key]``, with a KeyError naming the key and the columns there are."""
+    if labels_key not in adata.obs:
+        raise KeyError(
+            f"`labels_key={labels_key!r}` is not a column of `{name}.obs` "
+            f"(columns: {list(adata.obs.columns)})."
+        )
+    return adata.obs[labels_key]
+
+
+def require_obs_columns(adata: AnnData, columns: Sequence[str], *, name: str, made_by: str) -> None:
+    """Raise a KeyError naming the columns of `columns` that ``adata.obs`` lacks."""
+    missing = [c for c in columns if c not in adata.obs]
+    if missing:
+        raise KeyError(
+            f"`{name}.obs` lacks the columns {missing} (found: {list(adata.obs.columns)}); "
+            f"pass the output of {made_by}."
+        )
+
+
 def check_labels(adata: AnnData, labels_key: str) -> None:
     """Raise if `labels_key` is missing, has missing values or names no cell type at all."""
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
     if not isinstance(labels_key, str):
         raise TypeError(f"`labels_key` must be the name of an obs column (str), got {labels_key!r}.")
-    if labels_key not in adata.obs:
-        raise KeyError(
-            f"`labels_key={labels_key!r}` is not a column of adata.obs "
-            f"(columns: {list(adata.obs.columns)})."
-        )
-    labels = adata.obs[labels_key]
+    labels = labels_column(adata, labels_key)
     n_missing = int(pd.isna(labels).sum())
     if n_missing:
         raise ValueError(
@@ -279,13 +294,7 @@ def check_time(t: Any, name: str = "t") -> float:
 
 def cell_type_labels(adata: AnnData, labels_key: str, *, name: str) -> np.ndarray:
     """Cell-type names as strings (missing labels become ``None``), compared by name across sets."""
-    if labels_key not in adata.obs:
-        raise KeyError(
-            f"`labels_key={labels_key!r}` is not a column of `{name}.obs` "
-            f"(found: {list(adata.obs.columns)})."
-        )
-    column = adata.obs[labels_key]
-    values = column.astype(object).to_numpy()
+    values = labels_column(adata, labels_key, name=name).astype(object).to_numpy()
     return np.array([None if pd.isna(v) else str(v) for v in values], dtype=object)
 
 

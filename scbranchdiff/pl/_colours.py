@@ -10,6 +10,8 @@ from anndata import AnnData
 from matplotlib.colors import is_color_like, to_hex
 from scanpy.plotting import palettes
 
+from .._checks import labels_column
+
 Palette = Mapping[str, str] | Sequence[str] | str
 
 
@@ -66,12 +68,7 @@ def type_colours(
 def _categories(adata: AnnData | None, labels_key: str | None) -> list[str] | None:
     if adata is None or labels_key is None:
         return None
-    if labels_key not in adata.obs:
-        raise KeyError(
-            f"`labels_key={labels_key!r}` is not a column of `adata.obs` "
-            f"(found: {list(adata.obs.columns)})."
-        )
-    column = adata.obs[labels_key]
+    column = labels_column(adata, labels_key)
     if isinstance(column.dtype, pd.CategoricalDtype):
         return [str(c) for c in column.cat.categories]
     return sorted({str(v) for v in column.dropna()})

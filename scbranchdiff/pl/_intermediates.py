@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
+from .._checks import require_obs_columns
 from ._colours import Palette, type_colours
 from ._figure import finish_figure
 from ._projection import embed_real_project_others
@@ -100,12 +101,7 @@ def intermediates(
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_intermediates.obs
-    missing = [c for c in REQUIRED_COLUMNS if c not in obs]
-    if missing:
-        raise KeyError(
-            f"`adata_intermediates.obs` lacks the columns {missing} (found: {list(obs.columns)}); "
-            "pass the output of `BranchedDiffusion.sample_intermediates`."
-        )
+    require_obs_columns(adata_intermediates, REQUIRED_COLUMNS, name="adata_intermediates", made_by="`BranchedDiffusion.sample_intermediates`")
     stage = obs["stage"].astype(str).to_numpy()
     unknown = sorted(set(stage) - set(STAGES))
     if unknown:

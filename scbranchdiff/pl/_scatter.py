@@ -12,6 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 from matplotlib.lines import Line2D
 
+from .._checks import labels_column
+
 BACKGROUND = "0.85"
 
 
@@ -22,12 +24,7 @@ def point_size(n_cells: int) -> float:
 
 def cell_types(adata: AnnData, labels_key: str, *, name: str) -> np.ndarray:
     """Cell-type names of ``adata`` as strings, with a KeyError naming a missing column."""
-    if labels_key not in adata.obs:
-        raise KeyError(
-            f"`labels_key={labels_key!r}` is not a column of `{name}.obs` "
-            f"(found: {list(adata.obs.columns)})."
-        )
-    return adata.obs[labels_key].astype(str).to_numpy()
+    return labels_column(adata, labels_key, name=name).astype(str).to_numpy()
 
 
 def type_order(adata: AnnData, labels_key: str, *extra: Iterable[str]) -> list[str]:

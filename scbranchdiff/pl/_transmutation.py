@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from .._checks import require_obs_columns
 from ._colours import Palette, type_colours
 from ._figure import finish_figure
 from ._projection import embed_real_project_others
@@ -95,12 +96,7 @@ def transmutation(
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_transmuted.obs
-    missing = [c for c in REQUIRED_COLUMNS if c not in obs]
-    if missing:
-        raise KeyError(
-            f"`adata_transmuted.obs` lacks the columns {missing} (found: {list(obs.columns)}); "
-            "pass the output of `BranchedDiffusion.transmute`."
-        )
+    require_obs_columns(adata_transmuted, REQUIRED_COLUMNS, name="adata_transmuted", made_by="`BranchedDiffusion.transmute`")
     source_index = adata_real.obs_names.get_indexer(obs["source_cell"].astype(str))
     if (source_index < 0).any():
         unknown = obs["source_cell"].astype(str)[source_index < 0].unique()[:5].tolist()
