@@ -177,10 +177,17 @@ class SCVILatent(LatentBackend):
                 px = module.generative(z, lib, b)["px"]
                 expected.append(px.mu.cpu().numpy())
                 counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
+        obs = {"library_size": np.exp(log_library).round()}
+        if module.n_batch > 1:
+            # the batch each cell was decoded in, under the training data's batch column
+            manager = self.model.adata_manager
+            names = np.asarray(manager.get_state_registry("batch").categorical_mapping, dtype=object)
+            key = manager.registry["setup_args"].get("batch_key") or "batch"
+            obs[key] = pd.Categorical(names[batch], categories=pd.Index(names, dtype=object))
         return DecodedCells(
             X=sp.vstack(counts, format="csr") if counts else sp.csr_matrix((0, 0)),
             layers={"expected": np.concatenate(expected).astype(np.float32)},
-            obs={"library_size": np.exp(log_library).round()},
+            obs=obs,
         )
 
     def config(self) -> dict:

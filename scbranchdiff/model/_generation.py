@@ -5,6 +5,7 @@ A mixin of :class:`~scbranchdiff.model.BranchedDiffusion`; it adds no state.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,18 +216,21 @@ class GenerationMixin:
                     continue
                 decoded = backend.decode(z, types, np.random.default_rng([seed, chunk]))
                 out.append("X", decoded.X)
+                if self.layer is not None and self.layer not in decoded.layers:
+                    out.append(f"layers/{self.layer}", decoded.X)  # the training data's layout
                 if expected and "expected" in decoded.layers:
                     out.append("layers/expected", decoded.layers["expected"])
                 for key, value in decoded.obs.items():
                     extra_obs.setdefault(key, []).append(np.asarray(value))
             n_total = sum(len(c) for c in codes)
-            obs = pd.DataFrame(index=pd.Index([f"gen-{i}" for i in range(n_total)]))
+            call_id = uuid.uuid4().hex[:8]
+            obs = pd.DataFrame(index=pd.Index([f"gen-{call_id}-{i}" for i in range(n_total)], dtype=object))
             obs[self.labels_key] = pd.Categorical.from_codes(np.concatenate(codes), categories=classes)
             obs["generated"] = True
             for key, values in extra_obs.items():
                 obs[key] = np.concatenate(values)
-            var = self.adata.var.copy() if backend.can_decode else pd.DataFrame(index=pd.Index([], dtype=str))
-            out.finish(obs, var, {"scbranchdiff": self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)})
+            var = self.adata.var.copy() if backend.can_decode else pd.DataFrame(index=pd.Index([], dtype=object))
+            out.finish(plain_strings(obs), plain_strings(var), {"scbranchdiff": self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)})
         return Path(path)
 
     def _provenance(self, **settings: Any) -> dict[str, Any]:
@@ -285,22 +289,52 @@ class GenerationMixin:
         return self._to_anndata(latent, types, check_seed(seed))
 
     def _to_anndata(self, z: np.ndarray, types: np.ndarray, seed: int) -> AnnData:
-        """Decode latents into a new AnnData with `var` of the training data."""
+        """Decode latents into a new AnnData with `var` of the training data.
+
+        ``X`` holds the decoded cells (counts for scVI) and the registered layer a copy of
+        them, so a scanpy workflow that normalises ``X`` in place keeps the counts. Cells are
+        named ``gen-<call id>-<i>``: names stay unique when outputs of several calls are
+        concatenated.
+        """
         rng = np.random.default_rng(seed)
         decoded = self.latent_backend.decode(z, types, rng)
-        obs = pd.DataFrame(index=pd.Index([f"gen-{i}" for i in range(len(z))]))
+        call_id = uuid.uuid4().hex[:8]
+        obs = pd.DataFrame(index=pd.Index([f"gen-{call_id}-{i}" for i in range(len(z))], dtype=object))
         obs[self.labels_key] = pd.Categorical(types, categories=list(self.classes))
         obs["generated"] = True
         for key, value in decoded.obs.items():
             obs[key] = value
         if decoded.X is None:
-            out = AnnData(obs=obs)
+            out = AnnData(obs=plain_strings(obs))
         else:
-            out = AnnData(X=decoded.X, obs=obs, var=self.adata.var.copy())
+            out = AnnData(X=decoded.X, obs=plain_strings(obs), var=plain_strings(self.adata.var.copy()))
             for key, value in decoded.layers.items():
                 out.layers[key] = value
             if self.layer is not None and self.layer not in out.layers:
                 # mirror the training data's layout: the registered layer holds the same values
-                out.layers[self.layer] = out.X
+                out.layers[self.layer] = out.X.copy()
         out.obsm["X_latent"] = z
         return out
+
+
+def plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its index, string columns and categories as object dtype.
+
+    anndata refuses to write pandas' new string dtype (the default in pandas 3) unless a global
+    setting allows it; our outputs use plain Python strings so that ``write_h5ad`` works under
+    pandas 2 and 3 alike.
+    """
+    frame = frame.copy()
+    frame.index = pd.Index(np.asarray(frame.index, dtype=object), dtype=object, name=frame.index.name)
+    for key in frame.columns:
+        column = frame[key]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            categories = pd.Index(np.asarray(column.cat.categories, dtype=object), dtype=object)
+            if categories.inferred_type in ("string", "empty"):
+                frame[key] = pd.Categorical(
+                    np.asarray(column.astype(object), dtype=object), categories=categories,
+                    ordered=column.cat.ordered,
+                )
+        elif isinstance(column.dtype, pd.StringDtype) or column.dtype.kind in "OU":
+            frame[key] = pd.Series(np.asarray(column, dtype=object), index=frame.index, dtype=object)
+    return frame

@@ -17,6 +17,7 @@ from anndata import AnnData
 
 from .._checks import check_positive_int, check_time, gene_indexer
 from ..diffusion import SAMPLERS
+from ._generation import plain_strings
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -170,6 +171,7 @@ class TransmutationMixin:
         out.obs["t_split"] = t_split
         out.obs_names = [f"{name}->{target}" for name in source_names]
         out.obs_names_make_unique()
+        out.obs = plain_strings(out.obs)
         out.uns["scbranchdiff"] = self._provenance(
             operation="transmute", target=target, method=method, t=t, n_steps=tree.n_steps,
             seed=seed,
@@ -375,6 +377,8 @@ class TransmutationMixin:
         out.obs[self.labels_key] = pd.Categorical(
             out.obs[self.labels_key].astype(object), categories=list(self.classes)
         )
+        out.obs = plain_strings(out.obs)
+        out.var = plain_strings(out.var)
         out.uns["scbranchdiff"] = self._provenance(
             operation="sample_intermediates", cell_types=cell_types, t=float(t_state),
             sampler=sampler, n_steps=tree.n_steps, seed=seed,
