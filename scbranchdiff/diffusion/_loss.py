@@ -39,12 +39,19 @@ class NoisePredictionLoss:
 
     sde: VPSDE
 
-    def sample_times(self, x0: torch.Tensor, t_max: torch.Tensor | None = None) -> torch.Tensor:
-        """One time per row: uniform in [t_min, 1], or in [t_min, t_max] per row."""
+    def sample_times(
+        self, x0: torch.Tensor, t_max: torch.Tensor | None = None, u: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One time per row: uniform in [t_min, 1], or in [t_min, t_max] per row.
+
+        `u` (uniform in [0, 1), one per row) fixes the draw, e.g. for a validation loss.
+        """
         t_min = self.sde.t_min
+        if u is None:
+            u = torch.rand(x0.shape[0], device=x0.device)
         if t_max is None:
-            return torch.rand(x0.shape[0], device=x0.device) * (1 - t_min) + t_min
-        return t_min + torch.rand(x0.shape[0], device=x0.device) * (t_max - t_min)
+            return u * (1 - t_min) + t_min
+        return t_min + u * (t_max - t_min)
 
     def __call__(
         self,
@@ -52,8 +59,11 @@ class NoisePredictionLoss:
         x0: torch.Tensor,
         cell_type: torch.Tensor,
         t_max: torch.Tensor | None = None,
+        u: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        t = self.sample_times(x0, t_max)
-        z = torch.randn_like(x0)
+        """The loss of a batch; `u` and `z` fix the time and noise draws (else random)."""
+        t = self.sample_times(x0, t_max, u)
+        z = torch.randn_like(x0) if z is None else z
         x_t = self.sde.marginal_sample(x0, t, z)  # VP kernel: x_t = a(t) x_0 + s(t) z
         return ((denoiser(x_t, t, cell_type) - z) ** 2).mean()

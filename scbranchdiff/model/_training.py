@@ -39,6 +39,9 @@ class TrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         seed: int = 0,
+        train_size: float = 1.0,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
         latent_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         checkpoint_dir: str | None = None,
@@ -63,6 +66,17 @@ class TrainingMixin:
             Lightning settings; "auto" uses a GPU when there is one.
         seed
             Seed of every random number drawn in training.
+        train_size, validation_size
+            Shares of each cell type the diffusion stage trains on and holds out (scvi-tools'
+            meaning; default: train on every cell). With held-out cells a validation denoising
+            loss (of the EMA weights, at one fixed time and noise per cell) is computed after
+            every epoch: ``history["validation_loss"]``. The scVI stage splits its cells on
+            its own (``latent_kwargs={"train_size": ...}``), from the same `seed`.
+        early_stopping
+            Stop each stage when its validation loss stops improving: the diffusion stage
+            monitors ``validation_loss`` (needs ``train_size < 1``; patience and minimum
+            change through ``early_stopping_patience`` / ``early_stopping_min_delta``), the
+            scVI stage its ELBO (scvi-tools' early stopping). Disabled under DDP.
         latent_kwargs
             Extra arguments of the scVI training (e.g. ``{"batch_size": 256}``).
         plan_kwargs
@@ -111,6 +125,8 @@ class TrainingMixin:
         if backend.needs_fit:
             # the latent model's trainer follows the same display settings
             shown = {k: trainer_kwargs[k] for k in ("enable_progress_bar",) if k in trainer_kwargs}
+            if early_stopping:
+                shown["early_stopping"] = True
             backend.fit(
                 adata,
                 labels,
@@ -150,9 +166,12 @@ class TrainingMixin:
             plan = DiffusionTrainingPlan(
                 self.module, self.hierarchy_, self.sde, lr=lr, ema_decay=ema_decay, **(plan_kwargs or {})
             )
+            if early_stopping:
+                trainer_kwargs["early_stopping"] = True
             fit_plan(
                 self, plan, z, cell_type, batch_size=batch_size, max_epochs=max_epochs, seed=seed,
-                accelerator=accelerator, devices=devices, extra_callbacks=callbacks, **trainer_kwargs,
+                train_size=train_size, validation_size=validation_size, accelerator=accelerator,
+                devices=devices, extra_callbacks=callbacks, **trainer_kwargs,
             )
         self.module.eval()
         self.train_settings_ = {
@@ -162,6 +181,9 @@ class TrainingMixin:
             "ema_decay": float(ema_decay),
             "seed": int(seed),
             "n_cells": int(len(z)),
+            "train_size": float(train_size),
+            "validation_size": None if validation_size is None else float(validation_size),
+            "epochs_run": int(self.trainer.current_epoch) if getattr(self, "trainer", None) else int(max_epochs),
         }
 
     @contextmanager

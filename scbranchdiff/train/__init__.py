@@ -2,7 +2,7 @@
 checkpoints, and the one function that fits a plan."""
 
 from ._checkpoint import EpochCheckpoint, checkpoint_callbacks
-from ._data import LatentDataModule
+from ._data import LatentDataModule, stratified_split
 from ._fit import epochs_for_steps, fit_plan
 from ._plan import DiffusionTrainingPlan
 
@@ -13,4 +13,5 @@ __all__ = [
     "checkpoint_callbacks",
     "epochs_for_steps",
     "fit_plan",
+    "stratified_split",
 ]

@@ -22,6 +22,8 @@ def fit_plan(
     batch_size: int,
     max_epochs: int,
     seed: int,
+    train_size: float = 1.0,
+    validation_size: float | None = None,
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
     extra_callbacks: list | None = None,
@@ -45,6 +47,10 @@ def fit_plan(
         Class index of every cell.
     batch_size, max_epochs, seed
         Minibatch size, passes over the cells, and the seed of the batch order.
+    train_size, validation_size
+        Shares of each cell type trained on and held out for the validation denoising loss
+        (logged as ``validation_loss`` after every epoch; see :class:`LatentDataModule`).
+        ``early_stopping=True`` (a trainer argument) stops when it no longer improves.
     accelerator, devices
         Lightning settings.
     extra_callbacks
@@ -54,6 +60,8 @@ def fit_plan(
 
     Raises
     ------
+    ValueError
+        ``early_stopping=True`` without held-out cells.
     FloatingPointError
         When training ends with non-finite weights (a non-finite loss raises earlier, from
         the plan).
@@ -80,10 +88,23 @@ def fit_plan(
     strategy = trainer_kwargs.get("strategy")
     if isinstance(strategy, str) and strategy in _DDP:
         trainer_kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
+    data = LatentDataModule(
+        latent, cell_type, batch_size=batch_size, seed=seed, train_size=train_size,
+        validation_size=validation_size,
+    )
+    if trainer_kwargs.get("early_stopping"):
+        if data.n_val == 0:
+            raise ValueError(
+                "`early_stopping=True` needs held-out cells to monitor: pass `train_size` < 1 "
+                "(e.g. 0.9)."
+            )
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+    if data.n_val:
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
     runner = TrainRunner(
         model,
         training_plan=plan,
-        data_splitter=LatentDataModule(latent, cell_type, batch_size=batch_size, seed=seed),
+        data_splitter=data,
         max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,

@@ -126,6 +126,36 @@ class DiffusionTrainingPlan(pl.LightningModule):
             # EMA: shadow <- shadow + (1 - decay) (param - shadow), one fused call for all
             torch._foreach_lerp_(shadows, [p.detach() for p in params], 1 - decay)
 
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        """Denoising loss of held-out cells at their fixed (time, noise) draws."""
+        x0, cell_type, u, z = batch
+        t_max = None if self.t_max is None else self.t_max[cell_type]
+        loss = self.objective(self.denoiser, x0, cell_type, t_max, u=u, z=z)
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log(
+            "validation_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+            batch_size=x0.shape[0], sync_dist=distributed,
+        )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # the validation loss is that of the weights generation uses: the EMA
+        self._swap_ema()
+
+    def on_validation_epoch_end(self) -> None:
+        self._swap_ema()
+
+    def _swap_ema(self) -> None:
+        if self.ema_decay <= 0 or not self.ema:
+            return
+        params = dict(self.network.named_parameters())
+        with torch.no_grad():
+            for name, shadow in self.ema.items():
+                p = params[name]
+                current = p.detach().clone()
+                p.copy_(shadow.to(p.device))
+                shadow.copy_(current.to(shadow.device))
+
     def on_train_end(self) -> None:
         if self.ema_decay <= 0:
             return
