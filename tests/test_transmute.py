@@ -37,7 +37,7 @@ def test_ode_keeps_the_cell_state_better_than_sde(simulated_pca_model, source, t
     real = sbd.metrics.label_transfer_accuracy(train, held_out, "cell_type", layer="lognorm")
     kept = {}
     for method in ("ode", "sde"):
-        out = model.transmute(held_out, target, indices=cells, method=method, seed=0)
+        out = model.transmute(held_out, target, indices=cells, sampler=method, seed=0)
         assigned = sbd.metrics.label_transfer_accuracy(train, out, "cell_type", layer="lognorm")
         assert assigned[target] >= 0.9 * real[target], (method, assigned[target], real[target])
         source_state = _state_score(held_out[cells], "lognorm")
@@ -53,7 +53,7 @@ def test_transmuted_pbmc68k_cells_are_assigned_to_the_target(pbmc68k_model, pbmc
     sources = np.flatnonzero(held_out.obs["bulk_labels"] != target)
     real = sbd.metrics.label_transfer_accuracy(train, held_out, "bulk_labels", layer="counts")
     for method in ("ode", "sde"):
-        out = pbmc68k_model.transmute(held_out, target, indices=sources, method=method, seed=0)
+        out = pbmc68k_model.transmute(held_out, target, indices=sources, sampler=method, seed=0)
         assert "counts" in out.layers, "transmuted cells mirror the registered layer"
         assigned = sbd.metrics.label_transfer_accuracy(train, out, "bulk_labels", layer="counts")
         ratio = assigned[target] / real[target]
@@ -65,7 +65,7 @@ def test_output_layout_follows_the_input_cells(simulated_pca_model):
     model, _, held_out = simulated_pca_model
     rng = np.random.default_rng(0)
     cells = rng.permutation(held_out.n_obs)[:60]
-    out = model.transmute(held_out, "T_CD8", indices=cells, method="sde", seed=3, n_steps=100)
+    out = model.transmute(held_out, "T_CD8", indices=cells, sampler="sde", seed=3, n_steps=100)
     assert out.n_obs == 60
     assert list(out.var_names) == list(model.adata.var_names)
     assert list(out.obs["source_cell"]) == list(held_out.obs_names[cells])
@@ -75,14 +75,14 @@ def test_output_layout_follows_the_input_cells(simulated_pca_model):
     expected_t = [model.hierarchy.split_time(s, "T_CD8") for s in sources]
     np.testing.assert_allclose(out.obs["t_split"], expected_t)
     assert out.obsm["X_latent"].shape == (60, model.latent_backend.n_latent)
-    assert out.uns["scbranchdiff"]["method"] == "sde" and out.uns["scbranchdiff"]["seed"] == 3
-    again = model.transmute(held_out, "T_CD8", indices=cells, method="sde", seed=3, n_steps=100)
+    assert out.uns["scbranchdiff"]["sampler"] == "sde" and out.uns["scbranchdiff"]["seed"] == 3
+    again = model.transmute(held_out, "T_CD8", indices=cells, sampler="sde", seed=3, n_steps=100)
     np.testing.assert_array_equal(out.obsm["X_latent"], again.obsm["X_latent"])
-    other = model.transmute(held_out, "T_CD8", indices=cells, method="sde", seed=4, n_steps=100)
+    other = model.transmute(held_out, "T_CD8", indices=cells, sampler="sde", seed=4, n_steps=100)
     assert not np.allclose(out.obsm["X_latent"], other.obsm["X_latent"])
     # a cell's result does not depend on which other cells are transmuted with it
-    alone = model.transmute(held_out, "T_CD8", indices=cells[:5], method="ode")
-    with_others = model.transmute(held_out, "T_CD8", indices=cells, method="ode")
+    alone = model.transmute(held_out, "T_CD8", indices=cells[:5], sampler="ode")
+    with_others = model.transmute(held_out, "T_CD8", indices=cells, sampler="ode")
     np.testing.assert_allclose(alone.obsm["X_latent"], with_others.obsm["X_latent"][:5], atol=1e-4)
 
 
@@ -128,8 +128,8 @@ def test_bad_input_raises_and_changes_nothing(simulated_pca_model):
     unknown.obs["cell_type"] = pd.Categorical(["alien"] * 10)
     with pytest.raises(ValueError, match="alien"):
         model.transmute(unknown, "T_CD8")
-    with pytest.raises(ValueError, match="`method`"):
-        model.transmute(held_out, "T_CD8", method="euler")
+    with pytest.raises(ValueError, match="`sampler`"):
+        model.transmute(held_out, "T_CD8", sampler="euler")
     with pytest.raises(ValueError, match="`t`"):
         model.transmute(held_out, "T_CD8", t=1.5)
     with pytest.raises(IndexError, match="indices"):
@@ -161,3 +161,24 @@ def test_transmuted_cells_plot_with_pl_transmutation(simulated_pca_model):
     out = model.transmute(held_out, "B_naive", indices=cells)
     ax = sbd.pl.transmutation(held_out, out, "cell_type", basis="pca", layer="lognorm", show=False)
     assert len(ax.collections) > 0
+
+
+def test_method_is_a_deprecated_name_of_sampler(simulated_pca_model):
+    model, _, held_out = simulated_pca_model
+    cells = np.flatnonzero(held_out.obs["cell_type"] == "T_CD4")[:5]
+    with pytest.warns(FutureWarning, match="sampler"):
+        old = model.transmute(held_out, "T_CD8", indices=cells, method="sde", seed=1, n_steps=20)
+    new = model.transmute(held_out, "T_CD8", indices=cells, sampler="sde", seed=1, n_steps=20)
+    np.testing.assert_array_equal(old.obsm["X_latent"], new.obsm["X_latent"])
+
+
+def test_bad_batch_size_or_time_is_refused(simulated_pca_model):
+    model, _, held_out = simulated_pca_model
+    cells = np.flatnonzero(held_out.obs["cell_type"] == "T_CD4")[:5]
+    for bad in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            model.transmute(held_out, "T_CD8", indices=cells, batch_size=bad)
+    with pytest.raises(ValueError, match="t_min"):
+        model.transmute(held_out, "T_CD8", indices=cells, t=1e-12)
+    with pytest.raises(ValueError, match="t_min"):
+        model.sample_intermediates(["T_CD4", "T_CD8"], 3, t=1e-12)

@@ -75,6 +75,9 @@ class TreeSampler:
         Dimension of the states.
     device, dtype
         Where the states live.
+    progress
+        Called with the number of cells each time a leaf's cells are finished (e.g. a
+        progress bar's ``update``).
 
     Examples
     --------
@@ -97,6 +100,7 @@ class TreeSampler:
     n_latent: int
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    progress: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SAMPLERS:
@@ -216,6 +220,8 @@ class TreeSampler:
         children = self._children_towards(branch, counts)
         if not children:
             x = self._finish(branch, x, labels)
+            if self.progress is not None:
+                self.progress(sum(counts[k] for k in self._wanted(branch, counts)))
             if labels is None:
                 return {int(k): x[: counts[k]] for k in self._wanted(branch, counts)}
             return {int(k): x[labels == k] for k in self._wanted(branch, counts)}

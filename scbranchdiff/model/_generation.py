@@ -5,8 +5,11 @@ A mixin of :class:`~scbranchdiff.model.BranchedDiffusion`; it adds no state.
 
 from __future__ import annotations
 
+import logging
+import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,27 @@ DEFAULT_SAMPLER = "sde"
 DEFAULT_N_STEPS = {"sde": 200, "ode": 100}
 
 
+@contextmanager
+def cells_bar(total: int, description: str, show: bool | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar over cells; yields its ``update``. None shows it at scvi's INFO verbosity."""
+    import scvi
+    from tqdm.auto import tqdm
+
+    if show is None:
+        show = scvi.settings.verbosity <= logging.INFO
+    bar = tqdm(total=total, desc=description, unit="cells", disable=not show, file=sys.stderr)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
 class GenerationMixin:
     """Generation for :class:`~scbranchdiff.model.BranchedDiffusion`."""
 
-    def _sampler(self, sampler: str, n_steps: int | None, seed: int) -> TreeSampler:
+    def _sampler(
+        self, sampler: str, n_steps: int | None, seed: int, progress: Callable[[int], None] | None = None
+    ) -> TreeSampler:
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
         n_steps = DEFAULT_N_STEPS[sampler] if n_steps is None else int(n_steps)
@@ -48,6 +68,7 @@ class GenerationMixin:
             class_conditional=network.class_conditional,
             n_latent=network.n_latent,
             device=self.device,
+            progress=progress,
         )
 
     def _requested_counts(self, n_cells: int | Mapping[str, int]) -> dict[int, int]:
@@ -76,8 +97,9 @@ class GenerationMixin:
         *,
         sampler: str = DEFAULT_SAMPLER,
         n_steps: int | None = None,
-        seed: int | None = None,
+        seed: int | None = 0,
         batch_size: int = 10_000,
+        progress_bar: bool | None = None,
     ) -> AnnData:
         """Generate synthetic cells of the requested types.
 
@@ -97,6 +119,9 @@ class GenerationMixin:
             Seed; the same seed gives the same cells. None draws one (recorded in ``uns``).
         batch_size
             At most this many cells per type are integrated at once.
+        progress_bar
+            Show a progress bar over cells (None: at scvi-tools' INFO verbosity,
+            ``scvi.settings.verbosity``).
 
         Returns
         -------
@@ -119,13 +144,13 @@ class GenerationMixin:
         self._check_trained()
         counts = self._requested_counts(n_cells)
         check_positive_int("batch_size", batch_size)
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        tree = self._sampler(sampler, n_steps, seed)
+        seed = _resolve_seed(seed)
         latents: dict[int, list[np.ndarray]] = {k: [] for k in counts}
-        for _, chunk_latents in self._latent_chunks(tree, counts, batch_size):
-            for k, z in chunk_latents.items():
-                latents[k].append(z)
+        with cells_bar(sum(counts.values()), "Generating", progress_bar) as update:
+            tree = self._sampler(sampler, n_steps, seed, progress=update)
+            for _, chunk_latents in self._latent_chunks(tree, counts, batch_size):
+                for k, z in chunk_latents.items():
+                    latents[k].append(z)
         order = sorted(counts)
         z = np.concatenate([np.concatenate(latents[k]) for k in order])
         types = np.repeat([self.hierarchy.classes[k] for k in order], [counts[k] for k in order])
@@ -152,10 +177,11 @@ class GenerationMixin:
         *,
         sampler: str = DEFAULT_SAMPLER,
         n_steps: int | None = None,
-        seed: int | None = None,
+        seed: int | None = 0,
         batch_size: int = 10_000,
         expected: bool = False,
         overwrite: bool = False,
+        progress_bar: bool | None = None,
     ) -> Path:
         """Generate cells straight into an .h5ad file, chunk by chunk, with bounded memory.
 
@@ -177,6 +203,8 @@ class GenerationMixin:
             Also write ``layers["expected"]`` (dense decoded means: 4 bytes per cell and gene).
         overwrite
             Replace an existing file.
+        progress_bar
+            As in :meth:`generate`.
 
         Returns
         -------
@@ -199,14 +227,16 @@ class GenerationMixin:
         self._check_trained()
         counts = self._requested_counts(n_cells)
         check_positive_int("batch_size", batch_size)
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        seed = _resolve_seed(seed)
         backend = self.latent_backend
         classes = list(self.classes)
         codes: list[np.ndarray] = []
         extra_obs: dict[str, list[np.ndarray]] = {}
-        with H5adAppender(path, overwrite=overwrite) as out:
-            tree = self._sampler(sampler, n_steps, seed)
+        with (
+            H5adAppender(path, overwrite=overwrite) as out,
+            cells_bar(sum(counts.values()), "Generating", progress_bar) as update,
+        ):
+            tree = self._sampler(sampler, n_steps, seed, progress=update)
             for chunk, latents in self._latent_chunks(tree, counts, int(batch_size)):
                 z = np.concatenate(list(latents.values()))
                 types = np.repeat([self.hierarchy.classes[k] for k in latents], [len(v) for v in latents.values()])
@@ -338,3 +368,10 @@ def plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
         elif isinstance(column.dtype, pd.StringDtype) or column.dtype.kind in "OU":
             frame[key] = pd.Series(np.asarray(column, dtype=object), index=frame.index, dtype=object)
     return frame
+
+
+def _resolve_seed(seed: int | None) -> int:
+    """`seed` checked, or a fresh one when None (recorded by the caller in ``uns``)."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    return check_seed(seed)

@@ -6,6 +6,7 @@ scaling, hierarchy and :class:`~scbranchdiff.diffusion.TreeSampler`, and adds no
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from anndata import AnnData
 
 from .._checks import check_positive_int, check_time, gene_indexer
 from ..diffusion import SAMPLERS
-from ._generation import plain_strings
+from ._generation import _resolve_seed, cells_bar, plain_strings
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -36,11 +37,13 @@ class TransmutationMixin:
         target: str | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
         t: float | None = None,
-        method: str = "ode",
+        sampler: str = "ode",
         *,
         n_steps: int | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
         batch_size: int = 10_000,
+        progress_bar: bool | None = None,
+        method: str | None = None,
     ) -> AnnData:
         """Turn cells of any type into cells of `target`, keeping what they share with it.
 
@@ -65,7 +68,7 @@ class TransmutationMixin:
             Time to noise every cell to instead of its split time, in (0, 1]. Larger keeps less
             of the cell. Required for the flat (label-guided) model, which has no split times,
             unless every cell is already of type `target`.
-        method
+        sampler
             "ode" (default): deterministic; the cell is encoded up the probability-flow ODE of
             its own type's path to ``t_split`` and decoded down `target`'s path. "sde": the
             paper's version; the cell is noised to ``t_split`` with the forward kernel
@@ -76,8 +79,13 @@ class TransmutationMixin:
             from ``t_split`` takes that fraction of them.
         seed
             Seed of the forward noise and the reverse SDE ("sde"); "ode" is deterministic.
+            None draws one (recorded in ``uns``).
         batch_size
             At most this many cells are integrated at once.
+        progress_bar
+            As in :meth:`generate`.
+        method
+            Former name of `sampler` (deprecated).
 
         Returns
         -------
@@ -124,8 +132,17 @@ class TransmutationMixin:
         [['CD14+ Monocyte', 'CD19+ B']]
         """
         self._check_trained()
-        if method not in SAMPLERS:
-            raise ValueError(f"`method` must be one of {SAMPLERS}, got {method!r}.")
+        if method is not None:
+            warnings.warn(
+                "`method` is deprecated: use `sampler` (the same name as in `generate`).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            sampler = method
+        if sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
+        check_positive_int("batch_size", batch_size)
+        seed = _resolve_seed(seed)
         hierarchy = self.hierarchy
         if target is None or not isinstance(target, str):
             raise TypeError(f"`target` must be a cell type name (str), got {target!r}.")
@@ -134,7 +151,7 @@ class TransmutationMixin:
                 f"Unknown `target` {target!r}; the model knows {list(hierarchy.classes)}."
             )
         if t is not None:
-            t = check_time(t, "t")
+            t = self._check_diffusion_time(t)
         cells, source_names = self._transmutation_input(adata, indices)
         if len(source_names) == 0:
             raise ValueError("No cells to transmute: `indices` selects none.")
@@ -147,22 +164,24 @@ class TransmutationMixin:
 
         self._check_latent_ready()
         z0 = self._scale(self.latent_backend.encode(cells))
-        tree = self._sampler(method, n_steps, seed)
         target_idx = int(hierarchy.class_index([target])[0])
         out_z = np.empty_like(z0)
         t_split = np.zeros(len(z0))
-        for source in dict.fromkeys(source_types):
-            rows = np.flatnonzero(source_types == source)
-            source_idx = int(hierarchy.class_index([source])[0])
-            t_s = hierarchy.split_time(source, target) if t is None else t
-            t_split[rows] = t_s
-            if t_s <= 0.0:
-                out_z[rows] = z0[rows]
-                continue
-            for b, start in enumerate(range(0, len(rows), batch_size)):
-                part = rows[start : start + batch_size]
-                x0 = torch.as_tensor(z0[part], dtype=tree.dtype, device=tree.device)
-                out_z[part] = tree.transmute(x0, source_idx, target_idx, t_s, chunk=b).cpu().numpy()
+        with cells_bar(len(z0), "Transmuting", progress_bar) as update:
+            tree = self._sampler(sampler, n_steps, seed, progress=update)
+            for source in dict.fromkeys(source_types):
+                rows = np.flatnonzero(source_types == source)
+                source_idx = int(hierarchy.class_index([source])[0])
+                t_s = hierarchy.split_time(source, target) if t is None else t
+                t_split[rows] = t_s
+                if t_s <= 0.0:
+                    out_z[rows] = z0[rows]
+                    update(len(rows))
+                    continue
+                for b, start in enumerate(range(0, len(rows), batch_size)):
+                    part = rows[start : start + batch_size]
+                    x0 = torch.as_tensor(z0[part], dtype=tree.dtype, device=tree.device)
+                    out_z[part] = tree.transmute(x0, source_idx, target_idx, t_s, chunk=b).cpu().numpy()
         z = self._unscale(out_z)
         out = self._to_anndata(z, np.full(len(z), target, dtype=object), seed)
         out.obs["source_cell"] = np.asarray(source_names, dtype=str)
@@ -173,10 +192,20 @@ class TransmutationMixin:
         out.obs_names_make_unique()
         out.obs = plain_strings(out.obs)
         out.uns["scbranchdiff"] = self._provenance(
-            operation="transmute", target=target, method=method, t=t, n_steps=tree.n_steps,
+            operation="transmute", target=target, sampler=sampler, t=t, n_steps=tree.n_steps,
             seed=seed,
         )
         return out
+
+    def _check_diffusion_time(self, t: float) -> float:
+        """`t` checked to lie in [t_min, 1], the times the model was trained on."""
+        t = check_time(t, "t")
+        if t < self.sde.t_min:
+            raise ValueError(
+                f"`t` must lie in [{self.sde.t_min}, 1] (the smallest time the model was trained "
+                f"on is t_min = {self.sde.t_min}), got {t}."
+            )
+        return t
 
     def _transmutation_input(
         self, adata: AnnData | None, indices: Sequence[int] | np.ndarray | None
@@ -244,7 +273,8 @@ class TransmutationMixin:
         t: float | None = None,
         sampler: str = "sde",
         n_steps: int | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
+        progress_bar: bool | None = None,
     ) -> AnnData:
         """Sample states shared by several cell types, and what each becomes in every type.
 
@@ -268,7 +298,9 @@ class TransmutationMixin:
             Steps of a full path from t = 1 to 0 (default 500 for "sde", 100 for "ode").
         seed
             Seed. The leaf cells equal ``generate({type: n_cells for type in cell_types},
-            seed=seed)`` with the same `sampler` and `n_steps`.
+            seed=seed)`` with the same `sampler` and `n_steps`. None draws one.
+        progress_bar
+            As in :meth:`generate`.
 
         Returns
         -------
@@ -324,7 +356,7 @@ class TransmutationMixin:
         if t is None:
             t = t_split
         else:
-            t = check_time(t, "t")
+            t = self._check_diffusion_time(t)
             if t < t_split:
                 raise ValueError(
                     f"`t={t}` lies below the split time {t_split:.3f} of {cell_types}: their "
@@ -333,21 +365,22 @@ class TransmutationMixin:
         if t_split <= 0.0:  # pragma: no cover - two distinct types always split above 0
             raise ValueError(f"{cell_types} share a branch down to t = 0.")
 
-        tree = self._sampler(sampler, n_steps, seed)
+        seed = _resolve_seed(seed)
         idx = [int(k) for k in hierarchy.class_index(cell_types)]
         counts = {k: n_cells for k in idx}
-        x, _ = tree.prior(counts)
-        state = tree.descend_to(t, x, counts)
-        x_t, branch, t_state = state.x, state.branch, state.t
-        x0_hat = tree.denoise(state).cpu().numpy()
-
-        # continue the same states down each child branch (types sharing one go together)
-        child_of = hierarchy.branch_index(np.asarray(idx), t_state)
-        leaves: dict[int, np.ndarray] = {}
-        for child in dict.fromkeys(int(c) for c in child_of):
-            group = {k: n_cells for k, c in zip(idx, child_of, strict=True) if c == child}
-            for k, z in tree.descend(child, x_t, t_state, group).items():
-                leaves[k] = z.cpu().numpy()
+        with cells_bar(n_cells * len(idx), "Sampling", progress_bar) as update:
+            tree = self._sampler(sampler, n_steps, seed, progress=update)
+            x, _ = tree.prior(counts)
+            state = tree.descend_to(t, x, counts)
+            x_t, branch, t_state = state.x, state.branch, state.t
+            x0_hat = tree.denoise(state).cpu().numpy()
+            # continue the same states down each child branch (types sharing one go together)
+            child_of = hierarchy.branch_index(np.asarray(idx), t_state)
+            leaves: dict[int, np.ndarray] = {}
+            for child in dict.fromkeys(int(c) for c in child_of):
+                group = {k: n_cells for k, c in zip(idx, child_of, strict=True) if c == child}
+                for k, z in tree.descend(child, x_t, t_state, group).items():
+                    leaves[k] = z.cpu().numpy()
 
         rng = np.random.default_rng(seed)
         state_ids = np.arange(n_cells)
