@@ -282,3 +282,249 @@ def test_intermediates_require_the_stage_column(real):
     del states.obs["stage"]
     with pytest.raises(KeyError, match="stage"):
         sbd.pl.intermediates(real, states, "cell_type", basis="pca", show=False)
+
+
+# ---------------------------------------------------------------------------- scanpy's save rule
+PLOTS = ("hierarchy", "generated_vs_real", "transmutation", "intermediates")
+
+
+def plot(name: str, real: ad.AnnData, **kwargs):
+    """Draw plot ``name`` on small data (PCA embeddings: fast)."""
+    if name == "hierarchy":
+        return sbd.pl.hierarchy(six_type_tree(), **kwargs)
+    kwargs.setdefault("basis", "pca")
+    if name == "generated_vs_real":
+        generated = counts(TYPES, 15, seed=1, prefix="gen")
+        return sbd.pl.generated_vs_real(real, generated, "cell_type", **kwargs)
+    if name == "transmutation":
+        return sbd.pl.transmutation(real, transmuted_cells(real), "cell_type", **kwargs)
+    return sbd.pl.intermediates(real, intermediate_states(), "cell_type", **kwargs)
+
+
+SCANPY_FIGURE_SETTINGS = ("figdir", "file_format_figs", "plot_suffix", "autosave", "autoshow")
+
+
+@pytest.fixture
+def scanpy_settings():
+    """scanpy's settings, restored afterwards (monkeypatch cannot: they are class properties)."""
+    import scanpy as sc
+
+    before = {name: getattr(sc.settings, name) for name in SCANPY_FIGURE_SETTINGS}
+    yield sc.settings
+    for name, value in before.items():
+        setattr(sc.settings, name, value)
+
+
+@pytest.fixture
+def figdir(tmp_path, scanpy_settings) -> Path:
+    """scanpy's figure settings pointed at an empty tmp folder (not created yet)."""
+    folder = tmp_path / "figures"
+    scanpy_settings.figdir = folder
+    scanpy_settings.file_format_figs = "pdf"
+    scanpy_settings.plot_suffix = ""
+    scanpy_settings.autosave = False
+    return folder
+
+
+def saved(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_save_true_writes_the_function_name_into_scanpys_figdir(name, real, figdir):
+    plot(name, real, show=False, save=True)
+    assert saved(figdir) == [f"{name}.pdf"]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_save_str_is_a_suffix_of_the_function_name_as_in_scanpy(name, real, figdir):
+    plot(name, real, show=False, save="_x.png")
+    plot(name, real, show=False, save="_y")
+    assert saved(figdir) == [f"{name}_x.png", f"{name}_y.pdf"]
+
+
+def test_save_suffix_follows_plot_suffix_and_file_format(real, figdir, scanpy_settings):
+    scanpy_settings.plot_suffix = "_run1"
+    scanpy_settings.file_format_figs = "svg"
+    plot("generated_vs_real", real, show=False, save="_pbmc")
+    plot("generated_vs_real", real, show=False, save="_pbmc.v2.png")
+    assert saved(figdir) == [
+        "generated_vs_real_pbmc.v2_run1.png", "generated_vs_real_pbmc_run1.svg",
+    ]
+
+
+def test_save_str_with_a_directory_or_a_path_is_the_file_itself(real, figdir, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    plot("transmutation", real, show=False, save=str(tmp_path / "out" / "absolute.png"))
+    plot("transmutation", real, show=False, save="out/relative.svg")
+    plot("transmutation", real, show=False, save=Path("bare.png"))
+    assert saved(tmp_path / "out") == ["absolute.png", "relative.svg"]
+    assert (tmp_path / "bare.png").is_file()
+    # a bare str is scanpy's suffix, not a file in the working directory
+    plot("transmutation", real, show=False, save="bare.png")
+    assert saved(figdir) == ["transmutationbare.png"]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_autosave_saves_unless_save_is_false(name, real, figdir, scanpy_settings):
+    scanpy_settings.autosave = True
+    plot(name, real, show=False, save=False)
+    assert saved(figdir) == []
+    plot(name, real, show=False)
+    assert saved(figdir) == [f"{name}.pdf"]
+
+
+def test_saved_figures_use_scanpys_dpi_save(real, figdir, monkeypatch):
+    from PIL import Image
+
+    plot("hierarchy", real, show=False, save="_default.png")
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.dpi", 72)  # sc.set_figure_params(dpi_save=72)
+    plot("hierarchy", real, show=False, save="_72.png")
+    dpi = {p.name: Image.open(p).info["dpi"][0] for p in figdir.iterdir()}
+    assert dpi == {"hierarchy_default.png": pytest.approx(150, abs=0.1),
+                   "hierarchy_72.png": pytest.approx(72, abs=0.1)}
+
+
+def test_save_rejects_other_types(real):
+    with pytest.raises(TypeError, match="save"):
+        plot("hierarchy", real, show=False, save=3)
+
+
+# ---------------------------------------------------------------------------- return types
+HIERARCHY_WITHOUT_RETURN_FIG = pytest.param("hierarchy", marks=pytest.mark.xfail(
+    raises=TypeError, strict=False, reason="return_fig is not yet in pl/_dendrogram.py",
+))
+
+
+@pytest.mark.parametrize("name", [HIERARCHY_WITHOUT_RETURN_FIG, *PLOTS[1:]])
+def test_return_fig_returns_the_figure_without_showing_it(name, real, monkeypatch):
+    monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("shown despite return_fig"))
+    fig = plot(name, real, show=True, return_fig=True)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert fig.axes
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_plots_return_axes_unless_shown(name, real, monkeypatch, scanpy_settings):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(True))
+    axes = plot(name, real, show=False)
+    panels = axes.values() if isinstance(axes, dict) else [axes]
+    assert all(isinstance(panel, matplotlib.axes.Axes) for panel in panels)
+    assert plot(name, real, show=True) is None and shown == [True]
+    scanpy_settings.autoshow = False
+    assert plot(name, real) is not None and shown == [True]
+
+
+def test_return_fig_gives_the_whole_figure_for_axes_in_a_subfigure(real, figdir):
+    fig = plt.figure()
+    left, _ = fig.subfigures(1, 2)
+    ax = left.subplots(1, 2)
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    returned = sbd.pl.generated_vs_real(
+        real, generated, "cell_type", basis="pca", ax=ax, save=True, return_fig=True
+    )
+    assert returned is fig
+    assert saved(figdir) == ["generated_vs_real.pdf"]
+
+
+# ---------------------------------------------------------------------------- stored embeddings
+def fake_umap(real_pcs, other_pcs, *, n_neighbors, seed):
+    """A stand-in for the UMAP fit (seconds): the first two PCs, scaled."""
+    return 2 * real_pcs[:, :2], [2 * pcs[:, :2] for pcs in other_pcs]
+
+
+def refuse_fit(*args, **kwargs):
+    raise AssertionError("the embedding was fitted again")
+
+
+def test_embed_joint_stores_coordinates_and_settings_in_every_anndata(real):
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    states = intermediate_states()
+    sbd.pl.embed_joint(real, generated, states, basis="pca", layer=None, n_pcs=10)
+    for adata, fitted_on in [(real, "real"), (generated, "projected"), (states, "projected")]:
+        assert adata.obsm["X_pca_joint"].shape == (adata.n_obs, 2)
+        info = adata.uns["X_pca_joint"]
+        assert info["basis"] == "pca" and info["fitted_on"] == fitted_on
+        assert info["params"] == {"n_pcs": 10, "n_neighbors": 15, "seed": 0}
+    assert real.uns["X_pca_joint"]["fit_id"] == states.uns["X_pca_joint"]["fit_id"]
+    # the same coordinates as a plot that fits its own embedding
+    fresh = real.copy()
+    del fresh.obsm["X_pca_joint"]
+    axes = sbd.pl.generated_vs_real(
+        fresh, counts(TYPES, 15, seed=1, prefix="gen"), "cell_type", basis="pca", n_pcs=10,
+        show=False,
+    )
+    np.testing.assert_allclose(
+        np.sort(axes["generated"].collections[0].get_offsets(), axis=0),
+        np.sort(generated.obsm["X_pca_joint"], axis=0), atol=1e-4,
+    )
+
+
+def test_embed_joint_key_added_and_h5ad_round_trip(real, tmp_path):
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    sbd.pl.embed_joint(real, generated, basis="pca", key_added="X_mine")
+    assert "X_mine" in real.obsm and "X_mine" in generated.obsm
+    assert "X_pca_joint" not in real.obsm
+    real.write_h5ad(tmp_path / "real.h5ad")
+    assert ad.read_h5ad(tmp_path / "real.h5ad").uns["X_mine"]["basis"] == "pca"
+
+
+def test_embed_joint_rejects_unknown_bases(real):
+    with pytest.raises(ValueError, match="basis"):
+        sbd.pl.embed_joint(real, basis="tsne")
+
+
+@pytest.mark.parametrize("name", PLOTS[1:])
+def test_plots_read_a_stored_umap_instead_of_fitting_one(name, real, monkeypatch):
+    from scbranchdiff.pl import _projection
+
+    monkeypatch.setattr(_projection, "_umap_available", lambda: True)
+    monkeypatch.setattr(_projection, "_umap_fitted_on_real", fake_umap)
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    transmuted, states = transmuted_cells(real), intermediate_states()
+    sbd.pl.embed_joint(real, generated, transmuted, states)
+    monkeypatch.setattr(_projection, "_umap_fitted_on_real", refuse_fit)
+    monkeypatch.setattr(_projection, "fit_expression_pca", refuse_fit)
+    if name == "generated_vs_real":
+        axes = sbd.pl.generated_vs_real(real, generated, "cell_type", show=False)
+        ax, drawn = axes["generated"], generated
+    elif name == "transmutation":
+        ax = sbd.pl.transmutation(real, transmuted, "cell_type", show=False)
+        drawn = transmuted
+    else:
+        ax = sbd.pl.intermediates(real, states, "cell_type", show=False)
+        drawn = states
+    assert ax.get_xlabel() == "UMAP1"
+    points = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    stored = drawn.obsm["X_umap_joint"]
+    assert all(np.isclose(points, cell, atol=1e-6).all(axis=1).any() for cell in stored)
+
+
+def test_plots_read_any_obsm_key_given_as_basis(real, monkeypatch):
+    from scbranchdiff.pl import _projection
+
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    sbd.pl.embed_joint(real, generated, basis="pca", key_added="X_mine")
+    monkeypatch.setattr(_projection, "fit_expression_pca", refuse_fit)
+    for basis in ("mine", "X_mine"):
+        axes = sbd.pl.generated_vs_real(real, generated, "cell_type", basis=basis, show=False)
+        assert axes["real"].get_xlabel() == "PC1"
+
+
+def test_a_missing_obsm_basis_is_named(real):
+    with pytest.raises(KeyError, match="adata_generated.*embed_joint"):
+        sbd.pl.generated_vs_real(real, real.copy(), "cell_type", basis="X_none", show=False)
+
+
+def test_embeddings_from_different_calls_are_fitted_again_with_a_warning(real):
+    generated = counts(TYPES, 15, seed=1, prefix="gen")
+    other = counts(TYPES, 15, seed=2, prefix="gen")
+    sbd.pl.embed_joint(real, generated, basis="pca")
+    sbd.pl.embed_joint(real.copy(), other, basis="pca")
+    with pytest.warns(UserWarning, match="different `embed_joint` calls"):
+        sbd.pl.generated_vs_real(real, other, "cell_type", basis="pca", show=False)
+    with pytest.warns(UserWarning, match="`adata_transmuted` lacks"):
+        sbd.pl.transmutation(real, transmuted_cells(real), "cell_type", basis="pca", show=False)

@@ -9,10 +9,11 @@ from os import PathLike
 import matplotlib.pyplot as plt
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from ._colours import Palette, type_colours
 from ._figure import finish_figure
-from ._projection import embed_real_project_others
+from ._projection import joint_embedding
 from ._scatter import (
     BACKGROUND,
     cell_types,
@@ -40,8 +41,9 @@ def generated_vs_real(
     seed: int = 0,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | PathLike | None = None,
-) -> dict[str, Axes] | None:
+    save: bool | str | PathLike | None = None,
+    return_fig: bool = False,
+) -> dict[str, Axes] | Figure | None:
     """Plot real and generated cells side by side in one embedding of the real cells.
 
     The embedding is fitted on the real cells alone (log-normalisation when they hold counts,
@@ -59,7 +61,11 @@ def generated_vs_real(
         Column of ``obs`` (in both AnnData) holding the cell types.
     basis
         "umap" (UMAP fitted on the real cells, generated cells mapped by its ``transform``)
-        or "pca" (first two principal components of the real cells).
+        or "pca" (first two principal components of the real cells). When both AnnData hold
+        ``obsm[f"X_{basis}_joint"]`` from one :func:`embed_joint` call, those coordinates are
+        drawn and nothing is fitted (``layer``, ``n_pcs`` and ``seed`` then only affect the
+        drawing order); else the embedding is fitted for this plot. Any other value names an
+        ``obsm`` key (``"umap_joint"`` or ``"X_umap_joint"``) that both AnnData must hold.
     layer
         Layer of ``adata_real`` holding its expression (e.g. "counts"); None reads ``.X``.
     per_type
@@ -81,12 +87,23 @@ def generated_vs_real(
     show
         Show the figure; None follows ``scanpy.settings.autoshow``.
     save
-        Path to save the figure to.
+        Write the figure, following scanpy; None follows ``scanpy.settings.autosave``. True
+        writes "generated_vs_real.pdf" (with scanpy's ``settings.plot_suffix`` and
+        ``settings.file_format_figs``) into ``settings.figdir``. A str without a directory
+        part is a suffix of that name: "_pbmc.png" writes "generated_vs_real_pbmc.png" there (an
+        extension matplotlib writes replaces ``file_format_figs``). A str with a directory
+        part ("./fig.png", "out/fig.pdf") or a :class:`~pathlib.Path` is the file itself.
+        Saved at scanpy's ``dpi_save`` (``rcParams["savefig.dpi"]``; 150 while that is
+        matplotlib's default "figure").
+    return_fig
+        Return the Figure instead of the Axes, and do not show it.
 
     Returns
     -------
-    When ``show`` is False, the Axes by name: "real", "generated" and, with ``per_type``,
-    one per cell type.
+    dict[str, Axes] | Figure | None
+        The Axes by panel name ("real", "generated" and, with ``per_type``, one per cell
+        type) when the figure is not shown (``show=False``, or None with
+        ``scanpy.settings.autoshow`` off); the Figure with ``return_fig``; None when shown.
 
     Examples
     --------
@@ -102,8 +119,9 @@ def generated_vs_real(
     generated_types = cell_types(adata_generated, labels_key, name="adata_generated")
     if ax is not None and (per_type or len(ax) != 2):
         raise ValueError("`ax` must be two Axes (real, generated) and needs `per_type=False`.")
-    embedding = embed_real_project_others(
-        adata_real, [adata_generated], basis=basis, layer=layer, n_pcs=n_pcs, seed=seed
+    embedding = joint_embedding(
+        adata_real, [adata_generated], names=["adata_generated"], basis=basis, layer=layer,
+        n_pcs=n_pcs, seed=seed,
     )
     real, generated = embedding.real, embedding.others[0]
     types = type_order(adata_real, labels_key, generated_types)
@@ -129,12 +147,14 @@ def generated_vs_real(
         panel.set_xlabel("")
         panel.set_ylabel("")
     share_limits(list(panels.values()), [real, generated])
-    return finish_figure(fig, panels, show=show, save=save)
+    return finish_figure(
+        fig, panels, show=show, save=save, return_fig=return_fig, name="generated_vs_real"
+    )
 
 
 def _layout(
     ax: Sequence[Axes] | None, per_type: bool, types: list[str], ncols: int
-) -> tuple[plt.Figure, dict[str, Axes]]:
+) -> tuple[Figure, dict[str, Axes]]:
     if ax is not None:
         return ax[0].figure, {"real": ax[0], "generated": ax[1]}
     if not per_type:

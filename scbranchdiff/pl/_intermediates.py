@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from os import PathLike
 
 import matplotlib.pyplot as plt
@@ -9,12 +10,13 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .._checks import require_obs_columns
 from ._colours import Palette, type_colours
 from ._figure import finish_figure
-from ._projection import embed_real_project_others
+from ._projection import joint_embedding
 from ._scatter import (
     cell_types,
     point_size,
@@ -44,8 +46,9 @@ def intermediates(
     seed: int = 0,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | PathLike | None = None,
-) -> Axes | None:
+    save: bool | str | PathLike | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
     """Plot intermediate states and the leaf cells they become, over the real cells.
 
     Real cells (faint, coloured by type) fix the embedding; intermediate states (diamonds
@@ -64,7 +67,9 @@ def intermediates(
     labels_key
         Column of ``adata_real.obs`` holding the cell types.
     basis
-        "umap" or "pca"; see :func:`generated_vs_real`.
+        "umap" or "pca", read from ``obsm[f"X_{basis}_joint"]`` of both AnnData when
+        :func:`embed_joint` stored it there, else fitted; or an ``obsm`` key. See
+        :func:`generated_vs_real`.
     layer
         Layer of ``adata_real`` holding its expression; None reads ``.X``.
     n_states
@@ -85,23 +90,41 @@ def intermediates(
     show
         Show the figure; None follows ``scanpy.settings.autoshow``.
     save
-        Path to save the figure to.
+        Write the figure, following scanpy; None follows ``scanpy.settings.autosave``. True
+        writes "intermediates.pdf" (with scanpy's ``settings.plot_suffix`` and
+        ``settings.file_format_figs``) into ``settings.figdir``. A str without a directory
+        part is a suffix of that name: "_pbmc.png" writes "intermediates_pbmc.png" there (an
+        extension matplotlib writes replaces ``file_format_figs``). A str with a directory
+        part ("./fig.png", "out/fig.pdf") or a :class:`~pathlib.Path` is the file itself.
+        Saved at scanpy's ``dpi_save`` (``rcParams["savefig.dpi"]``; 150 while that is
+        matplotlib's default "figure").
+    return_fig
+        Return the Figure instead of the Axes, and do not show it.
 
     Returns
     -------
-    The Axes when ``show`` is False, else None.
+    Axes | Figure | None
+        The Axes when the figure is not shown (``show=False``, or None with
+        ``scanpy.settings.autoshow`` off); the Figure with ``return_fig``; None when shown.
 
     Examples
     --------
     With ``model`` a trained :class:`~scbranchdiff.model.BranchedDiffusion` on pbmc68k (see
     its example):
 
-    >>> states = model.sample_intermediates(["CD14+ Monocyte", "Dendritic"], n_cells=30, n_steps=50)
-    >>> ax = sbd.pl.intermediates(model.adata, states, "bulk_labels", layer="counts", basis="pca", show=False)
+    >>> states = model.sample_intermediates(
+    ...     ["CD14+ Monocyte", "Dendritic"], n_cells=30, n_steps=50
+    ... )
+    >>> ax = sbd.pl.intermediates(
+    ...     model.adata, states, "bulk_labels", layer="counts", basis="pca", show=False
+    ... )
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_intermediates.obs
-    require_obs_columns(adata_intermediates, REQUIRED_COLUMNS, name="adata_intermediates", made_by="`BranchedDiffusion.sample_intermediates`")
+    require_obs_columns(
+        adata_intermediates, REQUIRED_COLUMNS, name="adata_intermediates",
+        made_by="`BranchedDiffusion.sample_intermediates`",
+    )
     stage = obs["stage"].astype(str).to_numpy()
     unknown = sorted(set(stage) - set(STAGES))
     if unknown:
@@ -111,8 +134,9 @@ def intermediates(
         obs[labels_key].astype(str).to_numpy()[is_leaf] if labels_key in obs else np.array([])
     )
 
-    embedding = embed_real_project_others(
-        adata_real, [adata_intermediates], basis=basis, layer=layer, n_pcs=n_pcs, seed=seed
+    embedding = joint_embedding(
+        adata_real, [adata_intermediates], names=["adata_intermediates"], basis=basis, layer=layer,
+        n_pcs=n_pcs, seed=seed,
     )
     real, states = embedding.real, embedding.others[0]
     types = type_order(adata_real, labels_key, leaf_types)
@@ -141,7 +165,9 @@ def intermediates(
     ]
     type_legend(ax, colours, types, extra=markers)
     share_limits([ax], [real, states])
-    return finish_figure(ax.figure, ax, show=show, save=save)
+    return finish_figure(
+        ax.figure, ax, show=show, save=save, return_fig=return_fig, name="intermediates"
+    )
 
 
 def _links(obs, coords: np.ndarray, n_states: int, seed: int) -> list[np.ndarray]:
@@ -155,7 +181,7 @@ def _links(obs, coords: np.ndarray, n_states: int, seed: int) -> list[np.ndarray
     for state in ids[shown]:
         rows = np.flatnonzero(state_ids == state)
         chain = rows[~is_leaf[rows]][np.argsort(-t[rows[~is_leaf[rows]]], kind="stable")]
-        segments += [coords[[a, b]] for a, b in zip(chain[:-1], chain[1:], strict=True)]
+        segments += [coords[[a, b]] for a, b in pairwise(chain)]
         if len(chain):
             segments += [coords[[chain[-1], leaf]] for leaf in rows[is_leaf[rows]]]
     return segments

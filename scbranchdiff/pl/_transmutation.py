@@ -8,12 +8,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .._checks import require_obs_columns
 from ._colours import Palette, type_colours
 from ._figure import finish_figure
-from ._projection import embed_real_project_others
+from ._projection import joint_embedding
 from ._scatter import (
     BACKGROUND,
     cell_types,
@@ -41,8 +42,9 @@ def transmutation(
     seed: int = 0,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | PathLike | None = None,
-) -> Axes | None:
+    save: bool | str | PathLike | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
     """Plot source cells, their transmuted profiles and the target type's real cells.
 
     All cells are placed in one embedding fitted on the real cells only; the transmuted cells
@@ -60,7 +62,9 @@ def transmutation(
     labels_key
         Column of ``adata_real.obs`` holding the cell types.
     basis
-        "umap" or "pca"; see :func:`generated_vs_real`.
+        "umap" or "pca", read from ``obsm[f"X_{basis}_joint"]`` of both AnnData when
+        :func:`embed_joint` stored it there, else fitted; or an ``obsm`` key. See
+        :func:`generated_vs_real`.
     layer
         Layer of ``adata_real`` holding its expression; None reads ``.X``.
     n_arrows
@@ -78,11 +82,22 @@ def transmutation(
     show
         Show the figure; None follows ``scanpy.settings.autoshow``.
     save
-        Path to save the figure to.
+        Write the figure, following scanpy; None follows ``scanpy.settings.autosave``. True
+        writes "transmutation.pdf" (with scanpy's ``settings.plot_suffix`` and
+        ``settings.file_format_figs``) into ``settings.figdir``. A str without a directory
+        part is a suffix of that name: "_pbmc.png" writes "transmutation_pbmc.png" there (an
+        extension matplotlib writes replaces ``file_format_figs``). A str with a directory
+        part ("./fig.png", "out/fig.pdf") or a :class:`~pathlib.Path` is the file itself.
+        Saved at scanpy's ``dpi_save`` (``rcParams["savefig.dpi"]``; 150 while that is
+        matplotlib's default "figure").
+    return_fig
+        Return the Figure instead of the Axes, and do not show it.
 
     Returns
     -------
-    The Axes when ``show`` is False, else None.
+    Axes | Figure | None
+        The Axes when the figure is not shown (``show=False``, or None with
+        ``scanpy.settings.autoshow`` off); the Figure with ``return_fig``; None when shown.
 
     Examples
     --------
@@ -92,11 +107,16 @@ def transmutation(
     >>> adata = model.adata
     >>> monocytes = adata[adata.obs["bulk_labels"] == "CD14+ Monocyte"]
     >>> b_cells = model.transmute(monocytes, target="CD19+ B", n_steps=50)
-    >>> ax = sbd.pl.transmutation(adata, b_cells, "bulk_labels", layer="counts", basis="pca", show=False)
+    >>> ax = sbd.pl.transmutation(
+    ...     adata, b_cells, "bulk_labels", layer="counts", basis="pca", show=False
+    ... )
     """
     real_types = cell_types(adata_real, labels_key, name="adata_real")
     obs = adata_transmuted.obs
-    require_obs_columns(adata_transmuted, REQUIRED_COLUMNS, name="adata_transmuted", made_by="`BranchedDiffusion.transmute`")
+    require_obs_columns(
+        adata_transmuted, REQUIRED_COLUMNS, name="adata_transmuted",
+        made_by="`BranchedDiffusion.transmute`",
+    )
     source_index = adata_real.obs_names.get_indexer(obs["source_cell"].astype(str))
     if (source_index < 0).any():
         unknown = obs["source_cell"].astype(str)[source_index < 0].unique()[:5].tolist()
@@ -107,8 +127,9 @@ def transmutation(
     source_types = obs["source_type"].astype(str).to_numpy()
     target_types = obs["target_type"].astype(str).to_numpy()
 
-    embedding = embed_real_project_others(
-        adata_real, [adata_transmuted], basis=basis, layer=layer, n_pcs=n_pcs, seed=seed
+    embedding = joint_embedding(
+        adata_real, [adata_transmuted], names=["adata_transmuted"], basis=basis, layer=layer,
+        n_pcs=n_pcs, seed=seed,
     )
     real, transmuted = embedding.real, embedding.others[0]
     source = real[source_index]
@@ -143,4 +164,6 @@ def transmutation(
     used = [t for t in types if t in set(source_types) | set(target_types)]
     type_legend(ax, colours, used, extra=markers)
     share_limits([ax], [real, transmuted])
-    return finish_figure(ax.figure, ax, show=show, save=save)
+    return finish_figure(
+        ax.figure, ax, show=show, save=save, return_fig=return_fig, name="transmutation"
+    )
