@@ -156,7 +156,12 @@ def _row_chunks(x, n_rows: int):
 
 
 def check_expression(
-    adata: AnnData, layer: str | None, needed_by: str, counts: bool = False
+    adata: AnnData,
+    layer: str | None,
+    needed_by: str,
+    counts: bool = False,
+    *,
+    report_silent_genes: bool = True,
 ) -> None:
     """Raise unless the registered matrix is usable: numeric, finite, and counts when needed.
 
@@ -202,7 +207,7 @@ def check_expression(
             "count per cell (a library size). Remove them first, e.g. "
             "`sc.pp.filter_cells(adata, min_counts=1)`."
         )
-    if counts and (gene_totals == 0).any():
+    if counts and report_silent_genes and (gene_totals == 0).any():
         warnings.warn(
             f"{where} has {int((gene_totals == 0).sum())} genes with no counts; they are kept "
             "and generated as (nearly) silent.",
@@ -211,9 +216,11 @@ def check_expression(
         )
 
 
-def check_counts(adata: AnnData, layer: str | None, needed_by: str) -> None:
+def check_counts(
+    adata: AnnData, layer: str | None, needed_by: str, *, report_silent_genes: bool = True
+) -> None:
     """Raise unless the layer holds finite, non-negative integer counts in every cell."""
-    check_expression(adata, layer, needed_by, counts=True)
+    check_expression(adata, layer, needed_by, counts=True, report_silent_genes=report_silent_genes)
 
 
 def gene_indexer(
@@ -273,6 +280,13 @@ def check_positive_int(name: str, value: Any) -> int:
     """`value` as an int; a ValueError naming `name` unless it is a positive integer (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: Any) -> int:
+    """`value` as an int; a ValueError naming `name` unless it is an integer >= 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
     return int(value)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._checks import align_genes
+from .._checks import align_genes, check_expression
 
 
 @dataclass
@@ -129,6 +129,10 @@ class LatentBackend(ABC):
                 f"(layers: {list(aligned.layers)})."
             )
         return aligned
+
+    def check_values(self, adata: AnnData, layer: str | None, needed_by: str) -> None:
+        """Raise unless the cells' values are what :meth:`encode` needs (finite expression)."""
+        check_expression(adata, layer, needed_by)
 
     def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:  # noqa: B027
         """Record what decoding new cell types needs (default: nothing)."""

@@ -155,6 +155,11 @@ class ObsmLatent(LatentBackend):
             )
         return adata
 
+    def check_values(self, adata: AnnData, layer: str | None, needed_by: str) -> None:
+        """Raise unless the embedding is present and finite (expression is not used)."""
+        if not np.isfinite(self.encode(adata)).all():
+            raise ValueError(f"adata.obsm[{self.key!r}] has NaN or infinite values; {needed_by} needs finite ones.")
+
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
         if self.key not in adata.obsm:
             raise KeyError(

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from .._checks import check_counts
 from ._base import DecodedCells, LatentBackend
 
 _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
@@ -77,7 +78,7 @@ class SCVILatent(LatentBackend):
         self.model = model
         self.external = model is not None
         self._n_latent = int(model.module.n_latent) if model is not None else int(n_latent)
-        self.scvi_kwargs = dict(scvi_kwargs or {})
+        self.scvi_kwargs = _check_scvi_kwargs(scvi_kwargs) if model is None else dict(scvi_kwargs or {})
         self.setup_args: dict = {}
         # per cell type: log library sizes and batch codes of the training cells
         self.library: dict[str, np.ndarray] = {}
@@ -145,6 +146,10 @@ class SCVILatent(LatentBackend):
         manager = self.model.get_anndata_manager(data, required=True)
         return np.asarray(manager.get_from_registry("batch")).ravel().astype(np.int64)
 
+    def check_values(self, adata: AnnData, layer: str | None, needed_by: str) -> None:
+        """Raise unless the cells hold raw counts (what the scVI encoder was trained on)."""
+        check_counts(adata, layer, needed_by, report_silent_genes=False)
+
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
         data = adata if self.external else self._scvi_adata(adata, **self.setup_args)
         return np.asarray(self.model.get_latent_representation(data, batch_size=batch_size))
@@ -175,7 +180,8 @@ class SCVILatent(LatentBackend):
                 lib = torch.as_tensor(log_library[sl, None], device=device)
                 b = torch.as_tensor(batch[sl, None], device=device)
                 px = module.generative(z, lib, b)["px"]
-                expected.append(px.mu.cpu().numpy())
+                # NB/ZINB: the NB mean; Poisson: its rate
+                expected.append((px.mu if hasattr(px, "mu") else px.mean).cpu().numpy())
                 counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
         obs = {"library_size": np.exp(log_library).round()}
         if module.n_batch > 1:
@@ -225,16 +231,15 @@ class SCVILatent(LatentBackend):
         """Rebuild a saved backend; `adata` supplies the genes (and batch column)."""
         import scvi
 
-        backend = cls(n_latent=config["n_latent"], scvi_kwargs=config["init_params"])
+        scvi_kwargs = {k: v for k, v in config["init_params"].items() if k != "n_latent"}
+        backend = cls(n_latent=config["n_latent"], scvi_kwargs=scvi_kwargs)
         backend.setup_args = dict(config["setup_args"])
         minimal = backend._scvi_adata(adata, **backend.setup_args)
         if config["batch_categories"] is not None:
             key = backend.setup_args["batch_key"]
             minimal.obs[key] = pd.Categorical(minimal.obs[key], categories=config["batch_categories"])
         scvi.model.SCVI.setup_anndata(minimal, batch_key=backend.setup_args["batch_key"])
-        init = dict(config["init_params"])
-        init.pop("n_latent", None)
-        backend.model = scvi.model.SCVI(minimal, n_latent=config["n_latent"], **init)
+        backend.model = scvi.model.SCVI(minimal, n_latent=config["n_latent"], **backend.scvi_kwargs)
         state = {k[len("module."):]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("module.")}
         backend.model.module.load_state_dict(state)
         backend.model.module.eval()
@@ -290,3 +295,41 @@ def _seeded_split(n_cells: int, seed: int, train_kwargs: dict[str, Any]) -> dict
     order = np.random.default_rng(seed).permutation(n_cells)
     splitter["external_indexing"] = [order[n_val : n_val + n_train], order[:n_val], order[n_val + n_train :]]
     return {**kwargs, "datasplitter_kwargs": splitter}
+
+
+_SCVI_LIKELIHOODS = ("zinb", "nb", "poisson")
+# set by the backend itself (or from the data), not by scvi_kwargs
+_SCVI_FIXED = {"self", "adata", "registry", "kwargs", "n_input", "n_batch", "n_labels", "n_latent",
+               "n_continuous_cov", "n_cats_per_cov", "library_log_means", "library_log_vars"}
+
+
+def _check_scvi_kwargs(scvi_kwargs: dict | None) -> dict:
+    """`scvi_kwargs` checked before anything trains: known names, supported values."""
+    import inspect
+
+    import scvi
+
+    kwargs = dict(scvi_kwargs or {})
+    allowed = (
+        set(inspect.signature(scvi.model.SCVI.__init__).parameters)
+        | set(inspect.signature(scvi.module.VAE.__init__).parameters)
+    ) - _SCVI_FIXED
+    if "n_latent" in kwargs:
+        raise ValueError("Pass the latent dimension as `n_latent=`, not in `scvi_kwargs`.")
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"`scvi_kwargs` has arguments scvi.model.SCVI does not take: {unknown}.")
+    likelihood = kwargs.get("gene_likelihood", "zinb")
+    if likelihood not in _SCVI_LIKELIHOODS:
+        raise ValueError(
+            f"`scvi_kwargs['gene_likelihood']` must be one of {_SCVI_LIKELIHOODS} (count "
+            f"likelihoods that generation can sample from), got {likelihood!r}."
+        )
+    for name in ("n_hidden", "n_layers"):
+        value = kwargs.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise ValueError(f"`scvi_kwargs['{name}']` must be a positive integer, got {value!r}.")
+    dropout = kwargs.get("dropout_rate", 0.1)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"`scvi_kwargs['dropout_rate']` must lie in [0, 1), got {dropout!r}.")
+    return kwargs

@@ -35,6 +35,7 @@ from .._checks import check_labels
 from ..hierarchy import Hierarchy, insert_classes
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
+from ._training import check_training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class ContinualLearningMixin:
                 "between cell types, so learning a new type would change the old ones. Retrain "
                 "the flat model on all cells instead."
             )
+        check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
         cells, labels, new_types = self._new_type_cells(adata_new, cell_types)
@@ -247,6 +249,7 @@ class ContinualLearningMixin:
                 raise ValueError(f"`cell_types` must be unique, got {new_types}.")
         mask = np.isin(labels, new_types)
         cells = aligned[mask].copy()
+        self.latent_backend.check_values(cells, self.layer, "add_cell_types")
         if self.batch_key is not None:
             self._check_new_batches(cells)
         return cells, labels[mask], new_types

@@ -6,6 +6,7 @@ A mixin of :class:`~scbranchdiff.model.BranchedDiffusion`; it adds no state.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,10 @@ DEFAULT_SAMPLER = "sde"
 # Measured (docs/concepts.md, "Choosing a sampler"): 200 SDE steps matched or beat 500 on
 # pbmc68k and pbmc_facs at 2.5x the speed; the ODE scored a worse two-sample AUC.
 DEFAULT_N_STEPS = {"sde": 200, "ode": 100}
+# More steps than this change nothing measurable (docs/concepts.md) and take hours.
+MAX_STEPS = 10_000
+# An in-memory generation larger than this share of the available memory is refused.
+_MEMORY_SHARE = 0.5
 
 
 @contextmanager
@@ -51,7 +56,13 @@ class GenerationMixin:
     ) -> TreeSampler:
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
-        n_steps = DEFAULT_N_STEPS[sampler] if n_steps is None else int(n_steps)
+        n_steps = DEFAULT_N_STEPS[sampler] if n_steps is None else check_positive_int("n_steps", n_steps)
+        if n_steps > MAX_STEPS:
+            raise ValueError(
+                f"`n_steps={n_steps}` is more than {MAX_STEPS:,} steps (the default is "
+                f"{DEFAULT_N_STEPS[sampler]}); more steps change nothing measurable and take "
+                "hours: pass at most that many."
+            )
         network = self.module
         network.eval()
 
@@ -83,7 +94,10 @@ class GenerationMixin:
             raise TypeError(
                 f"`n_cells` must be an int or a mapping of cell type -> int, got {type(n_cells).__name__}."
             )
-        bad = {c: n for c, n in counts.items() if not isinstance(n, int | np.integer) or n <= 0}
+        bad = {
+            c: n for c, n in counts.items()
+            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0
+        }
         if bad:
             raise ValueError(f"`n_cells` must be positive integers, got {bad}.")
         if not counts:
@@ -145,6 +159,7 @@ class GenerationMixin:
         counts = self._requested_counts(n_cells)
         check_positive_int("batch_size", batch_size)
         seed = _resolve_seed(seed)
+        self._check_in_memory_size(sum(counts.values()))
         latents: dict[int, list[np.ndarray]] = {k: [] for k in counts}
         with cells_bar(sum(counts.values()), "Generating", progress_bar) as update:
             tree = self._sampler(sampler, n_steps, seed, progress=update)
@@ -157,6 +172,19 @@ class GenerationMixin:
         out = self._to_anndata(z, types, seed)
         out.uns["scbranchdiff"] = self._provenance(sampler=sampler, n_steps=tree.n_steps, seed=seed)
         return out
+
+    def _check_in_memory_size(self, n_total: int) -> None:
+        """Refuse a generation whose AnnData would not fit in memory, with the estimate."""
+        n_genes = self.adata.n_vars if self.latent_backend.can_decode else 0
+        # latents + dense expected expression + counts (sparse, counted as dense: worst case)
+        estimate = n_total * (self.latent_backend.n_latent + 3 * n_genes) * 4
+        available = _available_memory()
+        if available is not None and estimate > _MEMORY_SHARE * available:
+            raise MemoryError(
+                f"Generating {n_total:,} cells in memory needs about {estimate / 2**30:.1f} GiB; "
+                f"{available / 2**30:.1f} GiB are available. Use `generate_to_file`, which "
+                "streams the cells to disk chunk by chunk, or request fewer cells."
+            )
 
     def _latent_chunks(
         self, tree: TreeSampler, counts: Mapping[int, int], batch_size: int
@@ -375,3 +403,16 @@ def _resolve_seed(seed: int | None) -> int:
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     return check_seed(seed)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to this process (None where the system does not say)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            return None

@@ -14,7 +14,14 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 
-from .._checks import align_genes, check_anndata, check_labels, expression_matrix
+from .._checks import (
+    align_genes,
+    check_anndata,
+    check_labels,
+    check_non_negative_int,
+    check_positive_int,
+    expression_matrix,
+)
 from ..diffusion import VPSDE
 from ..hierarchy import Hierarchy, HierarchySpec, is_label_guided, parse_hierarchy_spec
 from ..latent import make_backend
@@ -107,6 +114,10 @@ class BranchedDiffusion(
         discovery_kwargs: dict | None = None,
         scvi_kwargs: dict | None = None,
     ) -> None:
+        check_positive_int("n_latent", n_latent)
+        check_positive_int("n_hidden", n_hidden)
+        check_non_negative_int("n_trunk_blocks", n_trunk_blocks)
+        check_non_negative_int("n_head_blocks", n_head_blocks)
         super().__init__(adata, registry)
         if latent_scaling not in ("global", "per_dimension"):
             raise ValueError(
@@ -180,6 +191,12 @@ class BranchedDiffusion(
         """
         check_anndata(adata)
         check_labels(adata, labels_key)
+        for name, key in (("labels_key", labels_key), ("batch_key", batch_key)):
+            if isinstance(key, str) and key.startswith("_scvi"):
+                raise ValueError(
+                    f"`{name}={key!r}`: columns starting with '_scvi' are scvi-tools' own (setup "
+                    "would overwrite it); copy it to a column of another name."
+                )
         expression_matrix(adata, layer)
         if batch_key is not None and batch_key not in adata.obs:
             raise KeyError(f"`batch_key={batch_key!r}` is not a column of adata.obs.")

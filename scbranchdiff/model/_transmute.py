@@ -253,6 +253,7 @@ class TransmutationMixin:
             if idx.size and (idx.min() < -adata.n_obs or idx.max() >= adata.n_obs):
                 raise IndexError(f"`indices` must lie in [0, {adata.n_obs - 1}].")
             adata = adata[idx]
+        self.latent_backend.check_values(adata, layer, "transmute")
         labels = adata.obs[labels_key]
         if labels.isna().any():
             raise ValueError(f"`adata.obs[{labels_key!r}]` has missing cell types.")
