@@ -1,41 +1,99 @@
 """Command line: ``scbranchdiff demo | train | generate | transmute``, for batch jobs.
 
 Every subcommand reads and writes plain files (.h5ad, saved model directories), shows progress
-bars on long work (``--quiet`` hides them) and reports a bad file or argument as one line on
-stderr with exit code 2 (``--traceback`` shows the full traceback instead).
+bars on long work (``--quiet`` hides them) and reports any error as one line on stderr with exit
+code 2 (``--traceback`` shows the full traceback instead). Outputs are checked (writable, not
+replacing anything without ``--overwrite``) before any long work starts, and written
+atomically: on any failure a previous file is left as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-# Errors a user causes with a file or an argument: reported as one line, exit code 2.
+# Errors a user causes with a file or an argument: reported as their message. Any other error
+# is reported as one line too, with its type, since it needs --traceback to be understood.
 USER_ERRORS = (
     ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError, FloatingPointError,
 )
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# below this much free space an output location is refused before training
+_MIN_FREE_BYTES = 16 << 20
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad argument as one line (``prog: error: message``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"\s*\+?[0-9]+\s*", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not re.fullmatch(r"\s*\+?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _noise_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a time in (0, 1], got {text!r}")
+    return value
+
+
+def _devices(text: str) -> int | str | list[int]:
+    """'auto', a number of devices (or -1: all), or device ids such as '0,1'."""
+    text = text.strip()
+    if text == "auto":
+        return text
+    if re.fullmatch(r"-1|[0-9]+", text) and int(text) != 0:
+        return int(text)
+    if "," in text and re.fullmatch(r"[0-9]+(,[0-9]+)*,?", text):  # ids ('1,' is the one device 1)
+        ids = [int(part) for part in text.split(",") if part]
+        if len(set(ids)) == len(ids):
+            return ids
+    raise argparse.ArgumentTypeError(f"expected 'auto', a number of devices or ids like '0,1', got {text!r}")
 
 
 def _parse_counts(text: str) -> int | dict[str, int]:
-    """'200' -> 200; 'CD19+ B=100,CD14+ Monocyte=50' -> mapping."""
+    """'200' -> 200; 'CD19+ B=100,CD14+ Monocyte=50' -> mapping (each type once, n > 0)."""
+    usage = f"--n-cells must be a positive integer or 'type=n,type=n', got {text!r}."
     text = text.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]+", text):
+        if int(text) < 1:
+            raise ValueError(usage)
         return int(text)
-    counts = {}
+    counts: dict[str, int] = {}
     for part in text.split(","):
         name, _, n = part.rpartition("=")
-        if not name.strip() or not n.strip().isdigit():
-            raise ValueError(
-                f"--n-cells must be an integer or 'type=n,type=n', got {text!r}."
-            )
-        counts[name.strip()] = int(n)
+        name, n = name.strip(), n.strip()
+        if not name or not re.fullmatch(r"[0-9]+", n) or int(n) < 1:
+            raise ValueError(usage)
+        if name in counts:
+            raise ValueError(f"--n-cells names {name!r} twice ({text!r}); give each type once.")
+        counts[name] = int(n)
     return counts
 
 
@@ -54,12 +112,69 @@ def _read_h5ad(path: str, argument: str = "adata"):
         raise OSError(f"{argument}: cannot read {path} as .h5ad ({type(e).__name__}: {e})") from e
 
 
+def _check_writable(path: Path, argument: str) -> None:
+    """Refuse an output whose folder cannot be written (or is full), before any long work."""
+    folder = path.absolute().parent
+    existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+    if existing is None or not existing.is_dir():
+        raise NotADirectoryError(f"{argument}: {existing or folder} is not a directory; cannot write {path}.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".scbranchdiff-write-test-", dir=existing))
+        free = shutil.disk_usage(existing).free
+    except OSError as e:
+        raise OSError(f"{argument}: cannot write into {existing} ({e.strerror or e}).") from None
+    if free < _MIN_FREE_BYTES:
+        raise OSError(f"{argument}: no space left in {existing} ({free} bytes free).")
+
+
 def _check_out(path: str, overwrite: bool) -> None:
-    """Refuse to replace a file before any long work starts."""
+    """Refuse to replace a file (or write where it cannot be written) before any long work starts."""
+    from .model import _io
+
     if not path.endswith(".h5ad"):
         raise ValueError(f"out: the output file must end in '.h5ad', got {path!r}.")
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"out: {path} already exists; pass --overwrite to replace it.")
+    try:
+        _io.check_file_target(path, overwrite=overwrite)
+    except FileExistsError as e:
+        if os.path.lexists(path) and not overwrite:
+            raise FileExistsError(f"out: {path} already exists; pass --overwrite to replace it.") from None
+        raise FileExistsError(f"out: {e}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"out: {path} is a directory; give the path of an .h5ad file.") from None
+    _check_writable(Path(path), "out")
+    # temporaries of an earlier, killed run writing this file
+    _io.remove_stale_temporaries(path)
+
+
+def _check_model_out(path: str, overwrite: bool, argument: str = "model") -> None:
+    """Refuse a model directory that cannot be written, or replaced, before training starts."""
+    from .model import _io
+
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{argument}: {path} already exists; pass --overwrite to replace it.")
+    state = _io.inspect_model_target(path)
+    if state.exists and not state.is_dir:
+        raise FileExistsError(f"{argument}: {path} exists and is not a directory; it is not replaced.")
+    if state.foreign_model_files or state.other_entries:
+        raise FileExistsError(
+            f"{argument}: {path} holds files that are not part of a scbranchdiff model "
+            f"({', '.join((state.foreign_model_files + state.other_entries)[:5])}); only a saved model is "
+            "ever replaced: choose a new output directory."
+        )
+    _check_writable(Path(path), argument)
+
+
+def _write_h5ad(adata: Any, path: str | Path, overwrite: bool, argument: str = "out") -> None:
+    """Write `adata` atomically: on any failure a file already at `path` is left as it was."""
+    from .model import _io
+
+    existed = os.path.lexists(path)
+    try:
+        with _io.atomic_file(path, overwrite=overwrite) as tmp:
+            adata.write_h5ad(tmp)
+    except Exception as e:
+        kept = "the previous file is unchanged" if existed else "nothing was written"
+        raise OSError(f"{argument}: could not write {path} ({_one_line(e)}); {kept}.") from e
 
 
 def _load_model(model_dir: str, adata):
@@ -142,8 +257,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     import scbranchdiff as sbd
+    from scbranchdiff.model import _io
 
     out = Path(args.out)
+    # a demo replaces its own outputs, never anything else, and says so before training
+    if os.path.lexists(out) and not out.is_dir():
+        raise FileExistsError(f"--out: {out} exists and is not a directory.")
+    _check_model_out(str(out / "model"), overwrite=True, argument="--out")
+    try:
+        _io.check_file_target(out / "generated.h5ad", overwrite=True)
+    except (FileExistsError, IsADirectoryError) as e:
+        raise FileExistsError(f"--out: {e}") from None
+    _check_writable(out / "generated.h5ad", "--out")
     out.mkdir(parents=True, exist_ok=True)
     adata = sbd.data.pbmc68k()
     sbd.model.BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels", layer="counts")
@@ -159,7 +284,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     with _progress(model, _total_cells(model, args.n_cells), "generating", args.quiet):
         generated = model.generate(args.n_cells, n_steps=args.n_steps, seed=args.seed)
     gen_s = time.perf_counter() - start
-    generated.write_h5ad(out / "generated.h5ad")
+    _write_h5ad(generated, out / "generated.h5ad", overwrite=True, argument="--out")
     model.save(str(out / "model"), overwrite=True)
     sbd.pl.hierarchy(model, show=False, save=str(out / "hierarchy.png"))
     sbd.pl.generated_vs_real(  # panels and legend in the order of the tree's leaves
@@ -176,8 +301,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import scbranchdiff as sbd
 
-    if Path(args.model).exists() and not args.overwrite:
-        raise FileExistsError(f"model: {args.model} already exists; pass --overwrite to replace it.")
+    _check_model_out(args.model, args.overwrite)
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (where the interrupted run wrote last.ckpt).")
+    _check_accelerator(args.accelerator)
     adata = _read_h5ad(args.adata)
     sbd.model.BranchedDiffusion.setup_anndata(
         adata, labels_key=args.labels_key, layer=args.layer, batch_key=args.batch_key
@@ -191,35 +318,56 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
     trainer_kwargs = _trainer_kwargs(args)
     if args.resume:
-        if args.checkpoint_dir is None:
-            raise ValueError("--resume needs --checkpoint-dir (where the interrupted run wrote last.ckpt).")
         trainer_kwargs["ckpt_path"] = "last"
     model.train(
         max_epochs=args.max_epochs,
         latent_max_epochs=args.latent_max_epochs,
         batch_size=args.batch_size,
         accelerator=args.accelerator,
-        devices=_devices(args.devices),
+        devices=args.devices,
         seed=args.seed,
         checkpoint_dir=args.checkpoint_dir,
         **trainer_kwargs,
     )
-    model.save(args.model, overwrite=args.overwrite)
+    _save_or_rescue(model, args)
     print(model)
     print(f"Saved the model to {args.model}")
 
 
-def _devices(text: str) -> int | str | list[int]:
-    if text.isdigit():
-        return int(text)
-    if "," in text:
-        return [int(part) for part in text.split(",")]
-    return text
+def _check_accelerator(accelerator: str) -> None:
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--accelerator {accelerator}: no CUDA GPU is available here (use 'auto' or 'cpu').")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--accelerator mps: Apple's MPS is not available here (use 'auto' or 'cpu').")
+
+
+def _save_or_rescue(model: Any, args: argparse.Namespace) -> None:
+    """Save the trained model; when that fails (full disk, ...) save it elsewhere, never lose it."""
+    try:
+        model.save(args.model, overwrite=args.overwrite)
+        return
+    except OSError as e:
+        failure = e
+    folders = [args.checkpoint_dir] if args.checkpoint_dir else []
+    for folder in [*folders, tempfile.gettempdir()]:
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix=f"scbranchdiff-rescued-{Path(args.model).name}-", dir=folder))
+            model.save(str(rescue / "model"))
+        except Exception as e:  # noqa: BLE001 - any failure here: try the next folder
+            failure.add_note(f"Saving to {folder} failed too: {e}")
+            continue
+        raise OSError(
+            f"model: could not save the model to {args.model} ({_one_line(failure)}); the trained "
+            f"model was saved to {rescue / 'model'} instead."
+        ) from failure
+    raise OSError(f"model: could not save the model to {args.model} ({_one_line(failure)}).") from failure
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    _check_out(args.out, args.overwrite)
     n_cells = _parse_counts(args.n_cells)
+    _check_out(args.out, args.overwrite)
     adata = _read_h5ad(args.adata)
     model = _load_model(args.model, adata)
     start = time.perf_counter()
@@ -257,7 +405,7 @@ def _cmd_transmute(args: argparse.Namespace) -> None:
             target=args.target, indices=indices, t=args.t, method=args.method,
             n_steps=args.n_steps, seed=args.seed, batch_size=args.batch_size,
         )
-    out.write_h5ad(args.out)
+    _write_h5ad(out, args.out, overwrite=args.overwrite)
     print(f"Wrote {out.n_obs} cells transmuted into {args.target!r} to {args.out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -303,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('generate', '200', 'sde')
     """
     fmt = _HelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="scbranchdiff",
         description="Hierarchically branched diffusion models for single cells: train on an "
         ".h5ad with cell types, then generate or transmute cells into new .h5ad files.",
@@ -321,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/hierarchy.png and OUT/generated_vs_real.png.",
     )
     demo.add_argument("--out", default="demo_output", help="output folder")
-    demo.add_argument("--n-cells", type=int, default=200, help="generated cells per type")
-    demo.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (None: the model's default, about 8,000 steps)")
-    demo.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
-    demo.add_argument("--n-steps", type=int, default=None, help="sampler steps from t = 1 to 0 (None: 200 sde)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of training and generation")
+    demo.add_argument("--n-cells", type=_positive_int, default=200, help="generated cells per type")
+    demo.add_argument("--max-epochs", type=_positive_int, default=None, help="diffusion epochs (None: the model's default, about 8,000 steps)")
+    demo.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
+    demo.add_argument("--n-steps", type=_positive_int, default=None, help="sampler steps from t = 1 to 0 (None: 200 sde)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of training and generation")
     demo.add_argument(
         "--basis", default="umap", choices=["umap", "pca"],
         help="embedding of generated_vs_real.png (fitted on the real cells)",
@@ -348,19 +496,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--latent", default="scvi",
         help="latent space: 'scvi' (trained here), 'pca' (of log-normalised data) or an obsm key",
     )
-    train.add_argument("--n-latent", type=int, default=10, help="latent dimension for 'scvi' and 'pca'")
+    train.add_argument("--n-latent", type=_positive_int, default=10, help="latent dimension for 'scvi' and 'pca'")
     train.add_argument(
         "--hierarchy", default="auto",
         help="'auto' (discovered), 'flat' (label-guided baseline), comma-separated obs columns "
         "from coarse to fine, or a Newick string",
     )
-    train.add_argument("--n-hidden", type=int, default=256, help="width of the score network")
-    train.add_argument("--max-epochs", type=int, default=None, help="diffusion epochs (None: about 8,000 steps)")
-    train.add_argument("--latent-max-epochs", type=int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
-    train.add_argument("--batch-size", type=int, default=256, help="minibatch size of the diffusion")
-    train.add_argument("--accelerator", default="auto", help="'auto', 'cpu', 'gpu' or 'mps'")
-    train.add_argument("--devices", default="auto", help="'auto', a number of devices, or ids like '0,1'")
-    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--n-hidden", type=_positive_int, default=256, help="width of the score network")
+    train.add_argument("--max-epochs", type=_positive_int, default=None, help="diffusion epochs (None: about 8,000 steps)")
+    train.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
+    train.add_argument("--batch-size", type=_positive_int, default=256, help="minibatch size of the diffusion")
+    train.add_argument(
+        "--accelerator", default="auto", choices=ACCELERATORS,
+        help="'auto', 'cpu', 'gpu' (or 'cuda') or 'mps'; checked before the data is read",
+    )
+    train.add_argument("--devices", default="auto", type=_devices, help="'auto', a number of devices, or ids like '0,1'")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument(
         "--checkpoint-dir", default=None,
         help="write last.ckpt there after every diffusion epoch (for preemptible jobs)",
@@ -382,9 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("out", help="output .h5ad")
     gen.add_argument("--n-cells", default="200", help="cells per type, or 'type=n,type=n'")
     gen.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="reverse SDE or probability-flow ODE")
-    gen.add_argument("--n-steps", type=int, default=None, help="steps from t = 1 to 0 (None: 200 sde, 100 ode)")
-    gen.add_argument("--seed", type=int, default=0, help="random seed")
-    gen.add_argument("--batch-size", type=int, default=10_000, help="cells per type in one chunk (peak memory)")
+    gen.add_argument("--n-steps", type=_positive_int, default=None, help="steps from t = 1 to 0 (None: 200 sde, 100 ode)")
+    gen.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    gen.add_argument("--batch-size", type=_positive_int, default=10_000, help="cells per type in one chunk (peak memory)")
     gen.add_argument("--expected", action="store_true", help="also write layers['expected'] (dense decoded means)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _common_options(gen, top=False)
@@ -406,10 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="ode", choices=["ode", "sde"],
         help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
     )
-    tra.add_argument("--t", type=float, default=None, help="noise time in (0, 1] (None: each type's split time)")
-    tra.add_argument("--n-steps", type=int, default=None, help="steps of a full path (None: 100 ode, 200 sde)")
-    tra.add_argument("--seed", type=int, default=0, help="random seed (sde)")
-    tra.add_argument("--batch-size", type=int, default=10_000, help="cells integrated at once")
+    tra.add_argument("--t", type=_noise_time, default=None, help="noise time in (0, 1] (None: each type's split time)")
+    tra.add_argument("--n-steps", type=_positive_int, default=None, help="steps of a full path (None: 100 ode, 200 sde)")
+    tra.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (sde)")
+    tra.add_argument("--batch-size", type=_positive_int, default=10_000, help="cells integrated at once")
     tra.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _common_options(tra, top=False)
     tra.set_defaults(func=_cmd_transmute)
@@ -419,6 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(error: BaseException) -> str:
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
     return " ".join(str(message).split()) or type(error).__name__
+
+
+def _describe(error: Exception) -> str:
+    """One line for any error: the message of a user's error, the type too for anything else."""
+    if isinstance(error, USER_ERRORS):
+        return _one_line(error)
+    return f"{type(error).__name__}: {_one_line(error)} (--traceback shows where it happened)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,8 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns
     -------
-    The exit code: 0 on success, 2 for a bad file or argument (one line on stderr), 130 when
-    interrupted.
+    The exit code: 0 on success, 2 for any error (one line on stderr), 130 when interrupted.
+    A bad option value exits through argparse (SystemExit with code 2, one line on stderr).
 
     Examples
     --------
@@ -445,16 +603,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as e:
-        if args.traceback:
-            raise
-        print(f"scbranchdiff {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if args.traceback:
             raise
         print(f"scbranchdiff {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # the promise: every error is one line and exit code 2
+        if args.traceback:
+            raise
+        print(f"scbranchdiff {args.command}: error: {_describe(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
