@@ -22,7 +22,7 @@ PUBLIC_MODULES = ["scbranchdiff", "scbranchdiff.model", "scbranchdiff.hierarchy"
                   "scbranchdiff.train"]
 MODEL_METHODS = ["setup_anndata", "train", "generate", "generate_to_file", "transmute",
                  "sample_intermediates", "add_cell_types", "get_latent_representation",
-                 "save", "load", "decode_latent"]
+                 "save", "load", "decode_latent", "load_registry", "view_setup_args"]
 
 
 def _public_objects() -> dict[str, object]:

@@ -241,7 +241,11 @@ class SCVILatent(LatentBackend):
         scvi.model.SCVI.setup_anndata(minimal, batch_key=backend.setup_args["batch_key"])
         backend.model = scvi.model.SCVI(minimal, n_latent=config["n_latent"], **backend.scvi_kwargs)
         state = {k[len("module."):]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("module.")}
-        backend.model.module.load_state_dict(state)
+        try:
+            backend.model.module.load_state_dict(state)
+        except RuntimeError as error:  # shapes that disagree with the saved settings
+            first = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(f"model.safetensors is corrupted: latent.module: {first}") from None
         backend.model.module.eval()
         backend.model.is_trained_ = True
         for i, cell_type in enumerate(config["cell_types"]):

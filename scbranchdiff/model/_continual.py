@@ -147,6 +147,7 @@ class ContinualLearningMixin:
                 "the flat model on all cells instead."
             )
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
+        self._check_real_cells("`add_cell_types` (the old types' cells place the new ones)")
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
         cells, labels, new_types = self._new_type_cells(adata_new, cell_types)

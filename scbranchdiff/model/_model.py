@@ -149,6 +149,8 @@ class BranchedDiffusion(
         self.latent_scale_: np.ndarray | None = None
         self.module: BranchedScoreNetwork | None = None
         self.train_settings_: dict[str, Any] = {}
+        # loaded without an AnnData: set up on one empty cell per type (generation only)
+        self.has_placeholder_adata = False
         self._model_summary_string = "BranchedDiffusion"
         self.init_params_ = self._get_init_params(locals())
         if not isinstance(latent, str):
@@ -303,6 +305,7 @@ class BranchedDiffusion(
         """
         self._check_latent_ready()
         if adata is None:
+            self._check_real_cells("`get_latent_representation()`")
             adata = self.adata
         else:
             # checked and reordered by gene name without registering it: nothing is written into
@@ -317,6 +320,14 @@ class BranchedDiffusion(
             self._check_trained()
             return self._scale(self.latent_backend.encode(adata, batch_size=batch_size))
         return self.latent_backend.encode(adata, batch_size=batch_size)
+
+    def _check_real_cells(self, what: str) -> None:
+        """Raise when `what` would read the registered cells of a model loaded without any."""
+        if self.has_placeholder_adata:
+            raise ValueError(
+                f"{what} reads the registered cells, but the model was loaded without an AnnData: "
+                "pass the cells (`adata=`), or load the model with `adata=`."
+            )
 
     def _check_trained(self) -> None:
         if self.module is None or not self.is_trained:

@@ -9,7 +9,9 @@ bytes of per-cell metadata. The file uses anndata's on-disk format (elements wri
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,12 +20,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._io import atomic_file, check_file_target
+
 
 class H5adAppender:
     """Append row blocks to a new .h5ad file, then write obs/var/uns; atomic on success.
 
     The file is written beside `path` and renamed into place when :meth:`finish` has run and
-    the ``with`` block ends without error; on any error the partial file is removed and a file
+    the ``with`` block ends without error (:func:`~scbranchdiff.model._io.atomic_file`: the
+    overwrite check holds at that moment); on any error the partial file is removed and a file
     already at `path` is left as it was.
 
     Parameters
@@ -51,10 +56,10 @@ class H5adAppender:
         path = Path(path)
         if path.suffix != ".h5ad":
             raise ValueError(f"`path` must end in '.h5ad', got {str(path)!r}.")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{str(path)!r} already exists; pass `overwrite=True` to replace it.")
+        check_file_target(path, overwrite=overwrite)
         self.path = path
-        self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self._overwrite = overwrite
+        self._stack = contextlib.ExitStack()
         self._file: Any = None
         self._finished = False
 
@@ -62,11 +67,17 @@ class H5adAppender:
         import h5py
         from anndata.io import write_elem
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self._tmp, "w")
-        # mapping groups first, with their encoding metadata, then rows appended into them
-        for group in ("obsm", "layers"):
-            write_elem(self._file, group, {})
+        # written to a temporary beside `path`, renamed into place (the overwrite check made
+        # again then) only when complete
+        tmp = self._stack.enter_context(atomic_file(self.path, overwrite=self._overwrite))
+        try:
+            self._file = h5py.File(tmp, "w")
+            # mapping groups first, with their encoding metadata, then rows appended into them
+            for group in ("obsm", "layers"):
+                write_elem(self._file, group, {})
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())
+            raise
         return self
 
     def append(self, key: str, block: np.ndarray | sp.spmatrix) -> None:
@@ -112,9 +123,8 @@ class H5adAppender:
         tb: TracebackType | None,
     ) -> None:
         self._file.close()
-        if exc_type is None and self._finished:
-            os.replace(self._tmp, self.path)
-            return
-        self._tmp.unlink(missing_ok=True)
-        if exc_type is None:
-            raise RuntimeError("H5adAppender closed before `finish()`: no file was written.")
+        if exc_type is None and not self._finished:
+            error = RuntimeError("H5adAppender closed before `finish()`: no file was written.")
+            self._stack.__exit__(RuntimeError, error, None)
+            raise error
+        self._stack.__exit__(exc_type, exc, tb)

@@ -112,6 +112,7 @@ class TrainingMixin:
         import lightning.pytorch as pl
 
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
+        self._check_real_cells("`train`")
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
         adata = self.adata

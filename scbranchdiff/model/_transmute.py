@@ -216,6 +216,7 @@ class TransmutationMixin:
         """
         labels_key, layer = self.labels_key, self.layer
         if adata is None:
+            self._check_real_cells("`transmute` without `adata`")
             adata = self.adata
         elif not isinstance(adata, AnnData):
             raise TypeError(f"`adata` must be an AnnData or None, got {type(adata).__name__}.")
