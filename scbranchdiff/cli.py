@@ -17,8 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -129,7 +128,7 @@ def _check_writable(path: Path, argument: str) -> None:
 
 def _check_out(path: str, overwrite: bool) -> None:
     """Refuse to replace a file (or write where it cannot be written) before any long work starts."""
-    from .model import _io
+    from . import _io
 
     if not path.endswith(".h5ad"):
         raise ValueError(f"out: the output file must end in '.h5ad', got {path!r}.")
@@ -148,7 +147,7 @@ def _check_out(path: str, overwrite: bool) -> None:
 
 def _check_model_out(path: str, overwrite: bool, argument: str = "model") -> None:
     """Refuse a model directory that cannot be written, or replaced, before training starts."""
-    from .model import _io
+    from . import _io
 
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{argument}: {path} already exists; pass --overwrite to replace it.")
@@ -166,7 +165,7 @@ def _check_model_out(path: str, overwrite: bool, argument: str = "model") -> Non
 
 def _write_h5ad(adata: Any, path: str | Path, overwrite: bool, argument: str = "out") -> None:
     """Write `adata` atomically: on any failure a file already at `path` is left as it was."""
-    from .model import _io
+    from . import _io
 
     existed = os.path.lexists(path)
     try:
@@ -187,50 +186,6 @@ def _load_model(model_dir: str, adata):
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"enable_progress_bar": not args.quiet}
-
-
-class _CountingSampler:
-    """Forwards to a TreeSampler and advances a progress bar by the cells each call finishes."""
-
-    def __init__(self, tree: Any, bar: Any) -> None:
-        self._tree, self._bar = tree, bar
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tree, name)
-
-    def generate(self, counts: dict[int, int], *args: Any, **kwargs: Any) -> Any:
-        result = self._tree.generate(counts, *args, **kwargs)
-        self._bar.update(sum(counts.values()))
-        return result
-
-    def descend(self, branch: int, x: Any, t_from: float, counts: dict[int, int], *args: Any, **kwargs: Any) -> Any:
-        result = self._tree.descend(branch, x, t_from, counts, *args, **kwargs)
-        self._bar.update(sum(counts.values()))
-        return result
-
-
-@contextmanager
-def _progress(model: Any, total: int, description: str, quiet: bool) -> Iterator[None]:
-    """A progress bar over cells for the model's sampling calls made inside the block."""
-    from tqdm.auto import tqdm
-
-    bars = []
-    original = model._sampler
-
-    def counting_sampler(*args: Any, **kwargs: Any) -> _CountingSampler:
-        tree = original(*args, **kwargs)  # raises on bad settings before a bar is drawn
-        if not bars:
-            bars.append(tqdm(total=total, desc=description, unit="cells", disable=quiet, file=sys.stderr))
-        return _CountingSampler(tree, bars[0])
-
-    # the sampler is built after the model has checked the request: no bar for a refused call
-    model._sampler = counting_sampler
-    try:
-        yield
-    finally:
-        del model._sampler  # back to the class's method
-        for bar in bars:
-            bar.close()
 
 
 def _total_cells(model: Any, n_cells: int | dict[str, int]) -> int:
@@ -257,7 +212,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     import scbranchdiff as sbd
-    from scbranchdiff.model import _io
+    from scbranchdiff import _io
 
     out = Path(args.out)
     # a demo replaces its own outputs, never anything else, and says so before training
@@ -281,15 +236,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     train_s = time.perf_counter() - start
     print(model)
     start = time.perf_counter()
-    with _progress(model, _total_cells(model, args.n_cells), "generating", args.quiet):
-        generated = model.generate(args.n_cells, n_steps=args.n_steps, seed=args.seed)
+    generated = model.generate(
+        args.n_cells, n_steps=args.n_steps, seed=args.seed, progress_bar=not args.quiet
+    )
     gen_s = time.perf_counter() - start
     _write_h5ad(generated, out / "generated.h5ad", overwrite=True, argument="--out")
     model.save(str(out / "model"), overwrite=True)
-    sbd.pl.hierarchy(model, show=False, save=str(out / "hierarchy.png"))
+    # Path objects: a bare file name given as str is a scanpy suffix (saved into figdir)
+    sbd.pl.hierarchy(model, show=False, save=out / "hierarchy.png")
     sbd.pl.generated_vs_real(  # panels and legend in the order of the tree's leaves
         _in_tree_order(adata, "bulk_labels", model), generated, "bulk_labels", layer="counts", basis=args.basis, per_type=True,
-        show=False, save=str(out / "generated_vs_real.png"),
+        show=False, save=out / "generated_vs_real.png",
     )
     print(
         f"Trained in {train_s:.0f} s; generated {generated.n_obs} cells in {gen_s:.1f} s "
@@ -371,11 +328,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     adata = _read_h5ad(args.adata)
     model = _load_model(args.model, adata)
     start = time.perf_counter()
-    with _progress(model, _total_cells(model, n_cells), "generating", args.quiet):
-        path = model.generate_to_file(
-            args.out, n_cells, sampler=args.sampler, n_steps=args.n_steps, seed=args.seed,
-            batch_size=args.batch_size, expected=args.expected, overwrite=args.overwrite,
-        )
+    path = model.generate_to_file(
+        args.out, n_cells, sampler=args.sampler, n_steps=args.n_steps, seed=args.seed,
+        batch_size=args.batch_size, expected=args.expected, overwrite=args.overwrite,
+        progress_bar=not args.quiet,
+    )
     total = _total_cells(model, n_cells)
     print(f"Wrote {total} generated cells to {path} in {time.perf_counter() - start:.1f} s")
 
@@ -398,13 +355,12 @@ def _cmd_transmute(args: argparse.Namespace) -> None:
         indices = np.flatnonzero(labels.isin(wanted).to_numpy())
         if len(indices) == 0:
             raise ValueError(f"--source-types: {args.adata} has no cells of {wanted}.")
-    n = adata.n_obs if indices is None else len(indices)
     start = time.perf_counter()
-    with _progress(model, n, f"transmuting into {args.target}", args.quiet):
-        out = model.transmute(
-            target=args.target, indices=indices, t=args.t, method=args.method,
-            n_steps=args.n_steps, seed=args.seed, batch_size=args.batch_size,
-        )
+    out = model.transmute(
+        target=args.target, indices=indices, t=args.t, sampler=args.sampler,
+        n_steps=args.n_steps, seed=args.seed, batch_size=args.batch_size,
+        progress_bar=not args.quiet,
+    )
     _write_h5ad(out, args.out, overwrite=args.overwrite)
     print(f"Wrote {out.n_obs} cells transmuted into {args.target!r} to {args.out} in {time.perf_counter() - start:.1f} s")
 
@@ -459,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common_options(parser, top=True)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -554,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--target", required=True, help="cell type to turn the cells into")
     tra.add_argument("--source-types", default=None, help="comma-separated types to transmute (None: every cell)")
     tra.add_argument(
-        "--method", default="ode", choices=["ode", "sde"],
+        "--sampler", "--method", dest="sampler", default="ode", choices=["ode", "sde"],
         help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
     )
     tra.add_argument("--t", type=_noise_time, default=None, help="noise time in (0, 1] (None: each type's split time)")

@@ -178,3 +178,12 @@ def test_demo_runs_in_small_settings(tmp_path, capsys):
         assert (out / name).exists(), name
     assert ad.read_h5ad(out / "generated.h5ad").n_obs == 10 * 10
     assert (out / "generated_vs_real.png").stat().st_size > 10_000
+
+
+def test_version_flag_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scbranchdiff {version('scbranchdiff')}"

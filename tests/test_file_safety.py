@@ -20,12 +20,12 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import FAST
 
 import scbranchdiff as sbd
+from scbranchdiff import _io
 from scbranchdiff.cli import main
-from scbranchdiff.model import BranchedDiffusion, _io
-
-from conftest import FAST
+from scbranchdiff.model import BranchedDiffusion
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file semantics")
 
@@ -301,7 +301,7 @@ def test_a_save_killed_with_sigkill_leaves_nothing_after_the_next_save(tmp_path)
         import sys, time
         import numpy as np
         import safetensors.numpy
-        from scbranchdiff.model import _io
+        from scbranchdiff import _io
         real = safetensors.numpy.save_file
         def slow(*args, **kwargs):
             real(*args, **kwargs)

@@ -111,4 +111,11 @@ def test_bad_input_raises(simulated_pca_model):
 def test_output_plots_with_pl_intermediates(simulated_pca_model, hybrids):
     _, train, _ = simulated_pca_model
     ax = sbd.pl.intermediates(train, hybrids, "cell_type", basis="pca", layer="lognorm", show=False)
-    assert len(ax.collections) > 0
+    from matplotlib.collections import LineCollection, PathCollection
+
+    points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    # every real, intermediate and leaf cell is drawn
+    assert points == train.n_obs + hybrids.n_obs
+    links = next(c for c in ax.collections if isinstance(c, LineCollection))
+    # each link starts at an intermediate state and ends at one of its leaves
+    assert 0 < len(links.get_segments()) <= (hybrids.obs["stage"] == "leaf").sum()

@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import warnings
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import FAST
 
 import scbranchdiff as sbd
-from scbranchdiff.model import BranchedDiffusion, _io
-
-from conftest import FAST
+from scbranchdiff import _io
+from scbranchdiff.model import BranchedDiffusion
 
 
 class _Planted:

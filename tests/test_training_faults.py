@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import scbranchdiff as sbd
 from scbranchdiff.model import BranchedDiffusion
 
 from conftest import FAST
@@ -175,3 +176,28 @@ def test_training_routes_every_sample_to_the_branch_sampling_uses(h, times, seed
     # float32 times (as in training) may round across a boundary: compare at the rounded times
     expected = h.branch_index(cell_type, t.astype(np.float32).astype(np.float64))
     np.testing.assert_array_equal(got, expected)
+
+
+def test_checkpoints_leave_no_temporaries_and_a_bad_directory_is_refused_before_training(tmp_path):
+    import scanpy as sc
+
+    from scbranchdiff import _io
+
+    adata, _ = sbd.data.simulate_hierarchy(n_cells_per_type=20, n_genes=300, seed=0)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    BranchedDiffusion.setup_anndata(adata, labels_key="cell_type")
+    model = BranchedDiffusion(adata, latent="pca", n_hidden=16)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    # what a job killed while writing its checkpoint left (a dead process on this host)
+    stale = folder / f".last.ckpt.tmp-{_io._host_tag()}.999999999.0123abcd.ckpt"
+    stale.write_text("partial")
+    model.train(max_epochs=2, checkpoint_dir=str(folder), **FAST)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    fresh = BranchedDiffusion(adata, latent="pca", n_hidden=16)
+    with pytest.raises(NotADirectoryError, match="checkpoint_dir"):
+        fresh.train(max_epochs=2, checkpoint_dir=str(not_a_dir), **FAST)
+    assert fresh.module is None

@@ -159,8 +159,21 @@ def test_transmuted_cells_plot_with_pl_transmutation(simulated_pca_model):
     model, _, held_out = simulated_pca_model
     cells = np.flatnonzero(held_out.obs["cell_type"] == "T_CD4")
     out = model.transmute(held_out, "B_naive", indices=cells)
-    ax = sbd.pl.transmutation(held_out, out, "cell_type", basis="pca", layer="lognorm", show=False)
-    assert len(ax.collections) > 0
+    ax = sbd.pl.transmutation(
+        held_out, out, "cell_type", basis="pca", layer="lognorm", show=False, n_arrows=len(cells)
+    )
+    by_label = {c.get_label(): c for c in ax.collections}
+    sources = by_label["source cells"].get_offsets()
+    transmuted = by_label["transmuted cells"].get_offsets()
+    # one point per source and per transmuted cell, each source drawn at its real cell
+    assert len(sources) == len(transmuted) == len(cells)
+    real = by_label["real, other types"].get_offsets()
+    assert {tuple(np.round(p, 6)) for p in sources} <= {tuple(np.round(p, 6)) for p in real}
+    # arrows go from each source to its own transmuted cell
+    arrows = next(c for c in ax.collections if type(c).__name__ == "Quiver")
+    assert arrows.N == len(cells)
+    ends = np.asarray(arrows.get_offsets()) + np.column_stack([arrows.U, arrows.V])
+    assert {tuple(np.round(p, 4)) for p in ends} == {tuple(np.round(p, 4)) for p in transmuted}
 
 
 def test_method_is_a_deprecated_name_of_sampler(simulated_pca_model):

@@ -13,12 +13,11 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .. import __version__
+from .. import __version__, _io
 from .._checks import align_genes, check_anndata, check_labels
 from ..hierarchy import Hierarchy
 from ..latent import BACKENDS
 from ..module import BranchedScoreNetwork
-from . import _io
 
 
 class SaveLoadMixin:

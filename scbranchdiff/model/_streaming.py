@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._io import atomic_file, check_file_target
+from .._io import atomic_file, check_file_target
 
 
 class H5adAppender:
     """Append row blocks to a new .h5ad file, then write obs/var/uns; atomic on success.
 
     The file is written beside `path` and renamed into place when :meth:`finish` has run and
-    the ``with`` block ends without error (:func:`~scbranchdiff.model._io.atomic_file`: the
+    the ``with`` block ends without error (:func:`~scbranchdiff._io.atomic_file`: the
     overwrite check holds at that moment); on any error the partial file is removed and a file
     already at `path` is left as it was.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from .._io import _temp_name, remove_stale_temporaries
+
 
 class EpochCheckpoint(pl.Callback):
     """Writes `last.ckpt` (weights, optimiser, EMA, RNG, epoch) at the end of every epoch.
@@ -34,9 +36,12 @@ class EpochCheckpoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         os.makedirs(self.dirpath, exist_ok=True)
-        target = os.path.join(self.dirpath, self.FILENAME)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
+        target = Path(self.dirpath) / self.FILENAME
+        if trainer.is_global_zero:
+            remove_stale_temporaries(target)  # left by a job killed while saving
+        # a hidden temporary named like every other temporary of ours (recognised when stale)
+        tmp = target.parent / _temp_name(target, "tmp", ".ckpt")
+        trainer.save_checkpoint(str(tmp))  # every rank calls it; only rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, target)
 
@@ -75,4 +80,16 @@ def checkpoint_callbacks(checkpoint_dir: str | None, trainer_kwargs: dict) -> li
         trainer_kwargs["ckpt_path"] = str(last) if last.is_file() else None
     elif ckpt_path is not None and not Path(str(ckpt_path)).is_file():
         raise FileNotFoundError(f"`ckpt_path={ckpt_path!r}` is not a file; expected a Lightning checkpoint.")
-    return [] if checkpoint_dir is None else [EpochCheckpoint(str(checkpoint_dir))]
+    if checkpoint_dir is None:
+        return []
+    _check_writable_dir(Path(checkpoint_dir))
+    return [EpochCheckpoint(str(checkpoint_dir))]
+
+
+def _check_writable_dir(path: Path) -> None:
+    """Raise now, before any training, if checkpoints could not be written into `path`."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"`checkpoint_dir={str(path)!r}` exists and is not a directory.")
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"`checkpoint_dir={str(path)!r}` cannot be written ({str(probe)!r} is not writable).")

@@ -204,7 +204,7 @@ def remove_stale_temporaries(path: str | os.PathLike, *, backups: bool = False) 
     --------
     >>> import os, tempfile
     >>> from pathlib import Path
-    >>> from scbranchdiff.model._io import remove_stale_temporaries
+    >>> from scbranchdiff._io import remove_stale_temporaries
     >>> folder = Path(tempfile.mkdtemp())
     >>> stale = folder / ".cells.h5ad.tmp-node7.4242.0123abcd"  # another host, untouched for years
     >>> _ = stale.write_bytes(b"half a file")
@@ -281,7 +281,7 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
     Examples
     --------
     >>> import anndata as ad, numpy as np, os, tempfile
-    >>> from scbranchdiff.model._io import atomic_file
+    >>> from scbranchdiff._io import atomic_file
     >>> path = os.path.join(tempfile.mkdtemp(), "cells.h5ad")
     >>> with atomic_file(path, overwrite=False) as tmp:
     ...     ad.AnnData(np.ones((2, 3), dtype=np.float32)).write_h5ad(tmp)
@@ -324,7 +324,7 @@ def check_file_target(path: str | os.PathLike, *, overwrite: bool) -> None:
     Examples
     --------
     >>> import os, tempfile
-    >>> from scbranchdiff.model._io import check_file_target
+    >>> from scbranchdiff._io import check_file_target
     >>> check_file_target(os.path.join(tempfile.mkdtemp(), "new.h5ad"), overwrite=False)
     """
     path = Path(path)
@@ -387,7 +387,7 @@ def inspect_model_target(dir_path: str | os.PathLike) -> TargetState:
     Examples
     --------
     >>> import os, tempfile
-    >>> from scbranchdiff.model._io import inspect_model_target
+    >>> from scbranchdiff._io import inspect_model_target
     >>> folder = tempfile.mkdtemp()
     >>> _ = open(os.path.join(folder, "notes.txt"), "w").write("mine")
     >>> inspect_model_target(folder).other_entries
@@ -432,7 +432,7 @@ def check_model_target(
     Examples
     --------
     >>> import os, tempfile
-    >>> from scbranchdiff.model._io import check_model_target
+    >>> from scbranchdiff._io import check_model_target
     >>> folder = tempfile.mkdtemp()
     >>> _ = open(os.path.join(folder, "data.h5ad"), "w").write("precious")
     >>> check_model_target(folder, overwrite=True)  # doctest: +ELLIPSIS
@@ -513,7 +513,7 @@ def write_model_dir(
     Examples
     --------
     >>> import numpy as np, os, tempfile
-    >>> from scbranchdiff.model._io import write_model_dir, read_model_dir
+    >>> from scbranchdiff._io import write_model_dir, read_model_dir
     >>> path = os.path.join(tempfile.mkdtemp(), "arrays")
     >>> write_model_dir(path, {"note": "hi"}, {"w": np.ones(3, dtype=np.float32)}, overwrite=False)
     >>> sorted(os.listdir(path))
@@ -858,7 +858,7 @@ def read_model_dir(
     Examples
     --------
     >>> import numpy as np, os, tempfile
-    >>> from scbranchdiff.model._io import read_model_dir
+    >>> from scbranchdiff._io import read_model_dir
     >>> read_model_dir(os.path.join(tempfile.mkdtemp(), "absent"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -1056,7 +1056,7 @@ def validate_model_metadata(
     Examples
     --------
     >>> import numpy as np
-    >>> from scbranchdiff.model._io import validate_model_metadata
+    >>> from scbranchdiff._io import validate_model_metadata
     >>> validate_model_metadata({"classes": 5}, {})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -1162,7 +1162,7 @@ def _check_tensors(tensors: Mapping[str, np.ndarray]) -> None:
 def _check_network(net: dict, tensors: Mapping[str, np.ndarray], classes: list[str], is_flat: bool) -> dict:
     import torch
 
-    from ..module import BranchedScoreNetwork
+    from .module import BranchedScoreNetwork
 
     keys = ("n_hidden", "n_trunk_blocks", "n_head_blocks", "n_latent", "n_branches", "n_classes")
     for key in keys:
@@ -1212,7 +1212,7 @@ def _check_network(net: dict, tensors: Mapping[str, np.ndarray], classes: list[s
 
 
 def _check_hierarchy(hierarchy: Any, classes: list[str], n_branches: int) -> None:
-    from ..hierarchy import Hierarchy
+    from .hierarchy import Hierarchy
 
     tree = _dict(hierarchy, "hierarchy")
     if set(tree) != {"classes", "branches"}:
@@ -1262,7 +1262,7 @@ _LATENT_KINDS = ("scvi", "pca", "obsm")
 def _check_latent(
     latent: dict, tensors: Mapping[str, np.ndarray], n_latent: int, classes: list[str], var_names: list[str]
 ) -> None:
-    from ..latent import BACKENDS
+    from .latent import BACKENDS
 
     kind = latent.get("kind")
     known = [k for k in _LATENT_KINDS if k in BACKENDS]
