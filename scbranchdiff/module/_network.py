@@ -201,13 +201,17 @@ class BranchedScoreNetwork(nn.Module):
             return head.out(nn.functional.silu(self.head_norm(h) * head.scale + head.shift))
         if self.n_head_blocks > 0:
             h = self._branch_blocks(h, emb, branch)
-        # each sample's own branch parameters, gathered: one batched op for every branch
+        # each sample with its own branch's affine map, gathered (n x n_hidden: cheap)
         scale = torch.stack([head.scale for head in self.heads])[branch]
         shift = torch.stack([head.shift for head in self.heads])[branch]
-        weight = torch.stack([head.out.weight for head in self.heads])[branch]
-        bias = torch.stack([head.out.bias for head in self.heads])[branch]
         u = nn.functional.silu(self.head_norm(h) * scale + shift)
-        return torch.einsum("nh,ndh->nd", u, weight) + bias
+        # output projections: every head's on every sample in one matmul, then each sample's
+        # own picked. Gathering an (n, n_latent, n_hidden) weight per sample instead cost 7x
+        # more on CPU (its backward scatters n copies of the weights back into the heads).
+        weight = torch.cat([head.out.weight for head in self.heads])  # (branches * n_latent, h)
+        bias = torch.stack([head.out.bias for head in self.heads])[branch]
+        every = (u @ weight.T).view(len(u), len(self.heads), -1)
+        return every[torch.arange(len(u), device=u.device), branch] + bias
 
     def _branch_blocks(self, h: torch.Tensor, emb: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """Per-branch residual blocks: one sort, then each head on its own contiguous chunk."""
