@@ -84,3 +84,21 @@ def test_every_writer_works_with_pandas_string_dtype(scvi_model_with_batches, tm
     back = ad.read_h5ad(streamed)
     assert "counts" in back.layers and (back.layers["counts"] != back.X).nnz == 0
     assert back.obs_names.is_unique and back.n_obs == 4 * len(model.classes)
+
+
+def test_encoding_with_the_internal_scvi_prints_no_setup_transfer_message(scvi_model_with_batches, capfd):
+    import logging
+
+    import scvi
+
+    model, real = scvi_model_with_batches
+    verbosity = scvi.settings.verbosity
+    scvi.settings.verbosity = logging.INFO  # the default: the message used to show on every call
+    try:
+        capfd.readouterr()
+        model.get_latent_representation(real[:20].copy())
+        model.transmute(real[:5].copy(), target=model.classes[0], n_steps=5, progress_bar=False)
+        out, err = capfd.readouterr()
+    finally:
+        scvi.settings.verbosity = verbosity
+    assert "attempting to transfer" not in out + err

@@ -2,7 +2,7 @@
 
 from ._loss import NoisePredictionLoss
 from ._noise import NoiseStreams
-from ._samplers import denoise, euler_maruyama, probability_flow_heun, time_grid
+from ._samplers import ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
 from ._tree import SAMPLERS, BranchState, TreeSampler
 
@@ -13,6 +13,7 @@ __all__ = [
     "NoiseStreams",
     "TreeSampler",
     "VPSDE",
+    "ancestral",
     "denoise",
     "euler_maruyama",
     "probability_flow_heun",

@@ -1,4 +1,4 @@
-"""Reverse diffusion along a class hierarchy, with shared prefixes (METHOD.md sections 4, 5, 7).
+"""Reverse diffusion along a class hierarchy, with shared prefixes (docs/concepts.md: "Branches").
 
 Going from t = 1 down to 0, a class follows the branches root -> ... -> its leaf. States of a
 branch serve every class below it: each branch segment is integrated once, and its children
@@ -21,13 +21,15 @@ import torch
 
 from ..hierarchy import Hierarchy
 from ._noise import NoiseStreams
-from ._samplers import EpsFn, denoise, euler_maruyama, probability_flow_heun, time_grid
+from ._samplers import EpsFn, ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
 
 # eps_model(x, t, branch, cell_type) -> predicted noise; t has one entry per row
 EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
-SAMPLERS = ("sde", "ode")
+SAMPLERS = ("sde", "ode", "ancestral")
+# the time grid each sampler steps on
+GRID_SPACING = {"sde": "linear", "ode": "linear", "ancestral": "edm"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class TreeSampler:
     n_steps
         Number of steps of a full path from t = 1 to `sde.t_min`.
     method
-        "sde" (Euler-Maruyama on the reverse SDE) or "ode" (Heun on the probability-flow ODE).
+        "sde" (Euler-Maruyama on the reverse SDE), "ode" (Heun on the probability-flow ODE) or
+        "ancestral" (the Gaussian posterior at each step, on an EDM time grid).
     seed
         Seed of every random number drawn.
     class_conditional
@@ -105,7 +108,7 @@ class TreeSampler:
     def __post_init__(self) -> None:
         if self.method not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.method!r}.")
-        self.grid = np.asarray(time_grid(self.n_steps, self.sde))
+        self.grid = np.asarray(time_grid(self.n_steps, self.sde, spacing=GRID_SPACING[self.method]))
         self.noise = NoiseStreams(self.seed, self.n_latent, self.device, self.dtype)
 
     # --- random numbers -------------------------------------------------------------------
@@ -160,7 +163,8 @@ class TreeSampler:
         else:
             values, n = torch.unique_consecutive(labels.cpu(), return_counts=True)
             chunks = list(zip(values.tolist(), n.tolist(), strict=True))
-        return euler_maruyama(
+        step_fn = ancestral if self.method == "ancestral" else euler_maruyama
+        return step_fn(
             eps_fn,
             x,
             times,

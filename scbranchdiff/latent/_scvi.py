@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -142,7 +145,8 @@ class SCVILatent(LatentBackend):
         if self.model.module.n_batch <= 1:
             return np.zeros(adata.n_obs, dtype=np.int64)
         data = adata if self.external else self._scvi_adata(adata, **self.setup_args)
-        data = self.model._validate_anndata(data)
+        with _internal_setup_quiet():
+            data = self.model._validate_anndata(data)
         manager = self.model.get_anndata_manager(data, required=True)
         return np.asarray(manager.get_from_registry("batch")).ravel().astype(np.int64)
 
@@ -151,8 +155,11 @@ class SCVILatent(LatentBackend):
         check_counts(adata, layer, needed_by, report_silent_genes=False)
 
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
-        data = adata if self.external else self._scvi_adata(adata, **self.setup_args)
-        return np.asarray(self.model.get_latent_representation(data, batch_size=batch_size))
+        if self.external:
+            return np.asarray(self.model.get_latent_representation(adata, batch_size=batch_size))
+        with _internal_setup_quiet():
+            data = self._scvi_adata(adata, **self.setup_args)
+            return np.asarray(self.model.get_latent_representation(data, batch_size=batch_size))
 
     @torch.no_grad()
     def decode(
@@ -337,3 +344,19 @@ def _check_scvi_kwargs(scvi_kwargs: dict | None) -> dict:
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise ValueError(f"`scvi_kwargs['dropout_rate']` must lie in [0, 1), got {dropout!r}.")
     return kwargs
+
+
+@contextmanager
+def _internal_setup_quiet() -> Iterator[None]:
+    """Hide scvi-tools' INFO "attempting to transfer AnnData setup" for our private AnnData.
+
+    The internal scVI reads a minimal AnnData we build on every call (it shares the user's
+    counts); transferring its setup is expected, so the message only clutters notebooks.
+    """
+    logger = logging.getLogger("scvi")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
