@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 from pathlib import Path
 
@@ -13,13 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scbranchdiff.hierarchy as hierarchy_package
+from scbranchdiff.diffusion import VPSDE
 from scbranchdiff.hierarchy import (
     LABEL_GUIDED,
     Branch,
     Hierarchy,
     Topology,
     is_label_guided,
+    log_snr,
     parse_hierarchy_spec,
+    robinson_foulds,
+    time_at_log_snr,
+    tree_agreement,
+    triplet_agreement,
 )
 from scbranchdiff.hierarchy._topology import leaves
 
@@ -384,7 +391,7 @@ def test_parse_hierarchy_spec_reads_newick_with_and_without_lengths() -> None:
     assert topology == Topology(((("CD4", "CD8"), "B"), "Mono"))
     tree = parse_hierarchy_spec("(((CD4:0.2,CD8:0.2):0.2,B:0.4):0.2,Mono:0.6):0.4;", SPEC_CLASSES)
     assert type(tree) is Hierarchy
-    assert tree.classes == ("CD4", "CD8", "B", "Mono")  # the Newick order
+    assert tree.classes == SPEC_CLASSES  # the given order, not the Newick leaf order
     assert tree.split_time("CD4", "CD8") == pytest.approx(0.2)
     assert tree.split_time("B", "Mono") == pytest.approx(0.6)
     with pytest.raises(ValueError, match="Invalid Newick"):
@@ -542,3 +549,230 @@ def test_hierarchy_modules_import_nothing_that_needs_torch() -> None:
             for name in names:
                 assert not name.startswith(("torch", "lightning", "scvi")), (source.name, name)
                 assert not name.startswith(("scbranchdiff", "..")), (source.name, name)
+
+
+# ---------------------------------------------------------------------- heights on two scales
+SDE = VPSDE()
+
+
+def test_log_snr_falls_from_infinity_and_time_at_log_snr_inverts_it() -> None:
+    t = np.linspace(0.0, 1.0, 101)
+    lam = log_snr(t, SDE)
+    assert lam[0] == np.inf and np.all(np.diff(lam) < 0)
+    # lambda = log(a^2 / s^2), from the SDE's own coefficients
+    a, s = SDE.alpha(t[1:]), SDE.sigma(t[1:])
+    np.testing.assert_allclose(lam[1:], np.log(a**2 / s**2), rtol=1e-12)
+    np.testing.assert_allclose(time_at_log_snr(lam, SDE), t, atol=1e-12)
+    assert isinstance(log_snr(0.5, SDE), float) and isinstance(time_at_log_snr(0.0, SDE), float)
+    assert time_at_log_snr(log_snr(1.0, SDE), SDE) == 1.0
+    with pytest.raises(ValueError, match="below lambda"):
+        time_at_log_snr(log_snr(1.0, SDE) - 1.0, SDE)
+    with pytest.raises(ValueError, match="NaN"):
+        time_at_log_snr(np.nan, SDE)
+
+
+def test_split_times_and_heights_list_each_splitting_group(pbmc_like: Hierarchy) -> None:
+    times = pbmc_like.split_times()
+    assert times == {
+        frozenset(pbmc_like.classes): 0.6,
+        frozenset([TREG, "CD8", "B"]): 0.4,
+        frozenset([TREG, "CD8"]): 0.2,
+        frozenset(["Mono", "DC"]): 0.3,
+    }
+    assert next(iter(times)) == frozenset(pbmc_like.classes)  # the root first
+    assert Hierarchy.from_topology(pbmc_like.topology, times, pbmc_like.classes) == pbmc_like
+    assert pbmc_like.split_heights(SDE, scale="t") == times
+    heights = pbmc_like.split_heights(SDE)
+    assert heights == {group: pytest.approx(log_snr(t, SDE)) for group, t in times.items()}
+    # a group splits at a higher log-SNR (less noise) than the group above it
+    assert heights[frozenset([TREG, "CD8"])] > heights[frozenset([TREG, "CD8", "B"])]
+    assert Hierarchy.flat(["a", "b"]).split_times() == {}
+    with pytest.raises(ValueError, match="needs the SDE"):
+        pbmc_like.split_heights()
+    with pytest.raises(ValueError, match="`scale` must be one of"):
+        pbmc_like.split_heights(SDE, scale="snr")
+
+
+def test_newick_with_log_snr_lengths_round_trips(pbmc_like: Hierarchy) -> None:
+    text = pbmc_like.to_newick(scale="log_snr", sde=SDE)
+    assert text != pbmc_like.to_newick()
+    back = Hierarchy.from_newick(text, classes=pbmc_like.classes, scale="log_snr", sde=SDE)
+    assert back == pbmc_like
+    # lengths are drops of lambda: root from lambda(1), leaves down to lambda(t_min)
+    tree = Hierarchy.from_newick("(a:0.4,b:0.4):0.6;")
+    (a_len, _), root_len = _lengths(tree.to_newick(scale="log_snr", sde=SDE))
+    assert root_len == pytest.approx(log_snr(0.4, SDE) - log_snr(1.0, SDE))
+    assert a_len == pytest.approx(log_snr(SDE.t_min, SDE) - log_snr(0.4, SDE))
+    # read as diffusion time, a log-SNR string is refused, with the way to read it
+    with pytest.raises(ValueError, match="scale='log_snr'"):
+        Hierarchy.from_newick(text)
+    with pytest.raises(ValueError, match="not at lambda"):
+        Hierarchy.from_newick(pbmc_like.to_newick(), scale="log_snr", sde=SDE)
+    with pytest.raises(ValueError, match="needs the SDE"):
+        pbmc_like.to_newick(scale="log_snr")
+    with pytest.raises(ValueError, match="needs the SDE"):
+        Hierarchy.from_newick(text, scale="log_snr")
+    with pytest.raises(ValueError, match="`scale` must be one of"):
+        pbmc_like.to_newick(scale="lambda", sde=SDE)
+    # a split below t_min cannot be drawn down to lambda(t_min)
+    with pytest.raises(ValueError, match="t_min"):
+        Hierarchy.from_newick("(a:0.0005,b:0.0005):0.9995;").to_newick(scale="log_snr", sde=SDE)
+
+
+def _lengths(newick: str) -> tuple[tuple[float, float], float]:
+    """((leaf a, leaf b), root) lengths of a two-leaf Newick string."""
+    inner, root = newick.rstrip(";").rsplit(":", 1)
+    a, b = (float(part.split(":")[1]) for part in inner.strip("()").split(","))
+    return (a, b), float(root)
+
+
+def test_flat_hierarchy_round_trips_through_newick_and_is_a_star() -> None:
+    flat = Hierarchy.flat(["a", "b c", "d"])
+    assert flat.topology == Topology(("a", "b c", "d"))
+    assert flat.to_newick() == "(a:0,'b c':0,d:0):1;"
+    assert Hierarchy.from_newick(flat.to_newick()) == flat
+    text = flat.to_newick(scale="log_snr", sde=SDE)
+    assert Hierarchy.from_newick(text, scale="log_snr", sde=SDE) == flat
+
+
+@settings(max_examples=40, deadline=None)
+@given(hierarchies())
+def test_random_hierarchies_round_trip_through_log_snr_newick(h: Hierarchy) -> None:
+    sde = VPSDE(t_min=1e-6)
+    lowest = min(b.t_end for b in h.branches if b.t_start == 0.0)
+    if lowest <= sde.t_min:
+        with pytest.raises(ValueError, match="t_min"):
+            h.to_newick(scale="log_snr", sde=sde)
+        return
+    text = h.to_newick(scale="log_snr", sde=sde)
+    assert Hierarchy.from_newick(text, classes=h.classes, scale="log_snr", sde=sde) == h
+
+
+# ---------------------------------------------------------------------- agreement with a known tree
+KNOWN = Topology.from_nested(
+    {"lymphoid": {"T": ["CD4", "CD8", "Treg"], "B": None, "NK": None}, "Mono": None, "HSC": None}
+)
+
+
+def test_identical_trees_agree_fully_and_refinements_keep_every_triplet() -> None:
+    scores = tree_agreement(KNOWN, KNOWN)
+    assert scores == {
+        "triplet_agreement": 1.0, "n_triplets": scores["n_triplets"], "robinson_foulds": 0,
+        "robinson_foulds_normalised": 0.0, "clade_recall": 1.0, "clade_precision": 1.0,
+        "n_classes": 7,
+    }
+    # resolved triplets: 3 T pairs x 4 outsiders + 5 lymphoid pairs (not both T) x 2 outsiders
+    assert scores["n_triplets"] == 3 * 4 + (10 - 3) * 2
+    # a binary tree that refines the known one agrees on every triplet; RF counts the
+    # groups that resolve its multifurcations
+    binary = "((((((CD4,CD8),Treg),B),NK),Mono),HSC);"
+    scores = tree_agreement(binary, KNOWN)
+    assert scores["triplet_agreement"] == 1.0 and scores["clade_recall"] == 1.0
+    assert scores["robinson_foulds"] == 5 - 2
+    assert scores["clade_precision"] == pytest.approx(2 / 5)
+
+
+def test_a_misplaced_type_loses_the_triplets_it_breaks() -> None:
+    # B inside the T group: B's triplets with two T cells and with the T cells vs NK break
+    wrong = "((((CD4,B),CD8,Treg),NK),Mono,HSC);"
+    scores = tree_agreement(wrong, KNOWN)
+    assert 0.0 < scores["triplet_agreement"] < 1.0
+    assert scores["clade_recall"] == 0.5  # lymphoid kept, T lost
+    assert triplet_agreement(wrong, KNOWN) == scores["triplet_agreement"]
+    assert robinson_foulds(wrong, KNOWN) == scores["robinson_foulds"]
+    # RF is symmetric; the triplet agreement is not (it counts the known tree's triplets)
+    assert robinson_foulds(KNOWN, wrong) == robinson_foulds(wrong, KNOWN)
+
+
+def test_triplet_agreement_matches_a_brute_force_count() -> None:
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(7)]
+    for _ in range(20):
+        trees = [Topology(_random_tree(list(rng.permutation(names)), rng)) for _ in range(2)]
+        expected = _brute_triplets(*trees)
+        assert triplet_agreement(*trees) == pytest.approx(expected)
+
+
+def _random_tree(names: list, rng: np.random.Generator):
+    while len(names) > 1:
+        k = int(rng.integers(2, min(3, len(names)) + 1))
+        group = tuple(names.pop(int(rng.integers(len(names)))) for _ in range(k))
+        names.append(group)
+    return names[0]
+
+
+def _brute_triplets(found: Topology, known: Topology) -> float:
+    def resolution(topology: Topology, a: str, b: str, c: str) -> frozenset | None:
+        for x, y, z in ((a, b, c), (a, c, b), (b, c, a)):
+            if any({x, y} <= clade and z not in clade for clade in topology.clades()):
+                return frozenset([x, y])
+        return None
+
+    hits = total = 0
+    for a, b, c in itertools.combinations(sorted(known.classes), 3):
+        truth = resolution(known, a, b, c)
+        if truth is not None:
+            total += 1
+            hits += resolution(found, a, b, c) == truth
+    return hits / total
+
+
+def test_tree_agreement_takes_every_tree_form_and_compares_on_chosen_classes(
+    pbmc_like: Hierarchy,
+) -> None:
+    nested = {"lymphoid": {"T": [TREG, "CD8"], "B": None}, "myeloid": ["Mono", "DC"]}
+    for known in (nested, pbmc_like.topology, pbmc_like.topology.to_newick(), pbmc_like):
+        assert tree_agreement(pbmc_like, known)["robinson_foulds"] == 0
+    # known trees placing only some classes: prune both to those
+    partial = ((TREG, "CD8"), "Mono")
+    scores = tree_agreement(pbmc_like, partial, classes=[TREG, "CD8", "Mono"])
+    assert scores["n_classes"] == 3 and scores["triplet_agreement"] == 1.0
+    with pytest.raises(ValueError, match="different classes"):
+        tree_agreement(pbmc_like, partial)
+    with pytest.raises(ValueError, match="not in both trees"):
+        tree_agreement(pbmc_like, partial, classes=[TREG, "B"])
+    with pytest.raises(TypeError, match="must be a Hierarchy"):
+        tree_agreement(pbmc_like, 42)
+    # a star resolves no triplet
+    star = tree_agreement(pbmc_like, tuple(pbmc_like.classes))
+    assert np.isnan(star["triplet_agreement"]) and star["n_triplets"] == 0
+    assert np.isnan(star["clade_recall"])
+
+
+# ---------------------------------------------------------------------- edited Newick to a model
+def test_exported_newick_parses_back_in_the_model_class_order(pbmc_like: Hierarchy) -> None:
+    model_order = sorted(pbmc_like.classes)
+    parsed = parse_hierarchy_spec(pbmc_like.to_newick(), model_order)
+    assert isinstance(parsed, Hierarchy) and parsed.classes == tuple(model_order)
+    assert parsed == Hierarchy(model_order, pbmc_like.branches)
+    assert parsed.split_times() == pytest.approx(pbmc_like.split_times())
+    # edit a split time by hand: move (TREG, CD8) from t = 0.2 to t = 0.1
+    text = pbmc_like.to_newick()
+    edited = text.replace(f"'{TREG}':0.2,CD8:0.2):0.2", f"'{TREG}':0.1,CD8:0.1):0.3")
+    assert edited != text
+    assert parse_hierarchy_spec(edited, model_order).split_time(TREG, "CD8") == pytest.approx(0.1)
+
+
+def test_a_model_trains_saves_and_loads_with_an_exported_newick_string(tmp_path) -> None:
+    pytest.importorskip("torch")
+    import warnings
+
+    import scbranchdiff as sbd
+    from scbranchdiff.model import BranchedDiffusion
+
+    adata = sbd.data.pbmc68k()
+    BranchedDiffusion.setup_anndata(adata, labels_key="bulk_labels")
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    first = BranchedDiffusion(adata, latent="X_pca", n_hidden=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first.train(max_epochs=1, **quiet)
+        text = first.hierarchy.to_newick()
+        second = BranchedDiffusion(adata, latent="X_pca", hierarchy=text, n_hidden=16)
+        second.train(max_epochs=1, **quiet)
+        assert second.hierarchy == first.hierarchy
+        assert second.hierarchy.classes == second.classes
+        second.save(tmp_path / "model")
+        loaded = BranchedDiffusion.load(tmp_path / "model", adata)
+    assert loaded.hierarchy == second.hierarchy
+    assert loaded.hierarchy == Hierarchy.from_newick(text, classes=loaded.classes)

@@ -3,14 +3,17 @@
 Pure numpy / scipy / pandas: importable without torch.
 """
 
+from ._agreement import robinson_foulds, tree_agreement, triplet_agreement
 from ._discovery import crossover_times, discover_hierarchy, fit_split_times
 from ._hierarchy import Branch, Hierarchy
 from ._insert import insert_classes
+from ._scale import SCALES, log_snr, time_at_log_snr
 from ._spec import LABEL_GUIDED, HierarchySpec, is_label_guided, parse_hierarchy_spec
 from ._topology import Topology
 
 __all__ = [
     "LABEL_GUIDED",
+    "SCALES",
     "Branch",
     "Hierarchy",
     "HierarchySpec",
@@ -20,5 +23,10 @@ __all__ = [
     "fit_split_times",
     "insert_classes",
     "is_label_guided",
+    "log_snr",
     "parse_hierarchy_spec",
+    "robinson_foulds",
+    "time_at_log_snr",
+    "tree_agreement",
+    "triplet_agreement",
 ]

@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._scale import (
+    MarginalCoefficients,
+    check_scale,
+    leaf_time,
+    log_snr,
+    time_at_log_snr,
+)
 from ._topology import (
     NewickNode,
     Topology,
@@ -28,6 +35,8 @@ from ._topology import (
 
 # Times closer than this are the same time (equality, Newick leaves reaching t = 0).
 TIME_TOLERANCE = 1e-9
+# Log-SNR heights closer than this are the same (log-SNR Newick leaves reaching t_min).
+LOG_SNR_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -182,12 +191,13 @@ class Hierarchy:
 
     @property
     def topology(self) -> Topology:
-        """The tree without times (single-child chains collapsed)."""
+        """The tree without times (single-child chains collapsed; a flat hierarchy is a star)."""
 
         def node(b: int) -> TopologyNode:
             kids = self._children[b]
             if not kids:
-                return self._branches[b].classes[0]
+                classes = self._branches[b].classes
+                return classes[0] if len(classes) == 1 else tuple(classes)
             return tuple(node(k) for k in kids)
 
         return Topology(node(self.root))
@@ -257,6 +267,66 @@ class Hierarchy:
     def split_time(self, a: str, b: str) -> float:
         """Time at which classes `a` and `b` stop sharing a branch (0 when ``a == b``)."""
         return self._branches[self.common_branch(a, b)].t_start
+
+    def split_times(self) -> dict[frozenset[str], float]:
+        """Diffusion time t of every split: ``{classes of the splitting group: its t_start}``.
+
+        One entry per branch with two or more children (the root included), root first; this
+        is the form `from_topology` takes, so ``Hierarchy.from_topology(h.topology,
+        h.split_times())`` rebuilds ``h`` (when no branch has a single child). Training and
+        sampling use these times. See `split_heights` for a scale on which splits spread by how
+        different the types are.
+
+        Examples
+        --------
+        >>> from scbranchdiff import Hierarchy
+        >>> tree = Hierarchy.from_newick("((B:0.3,T:0.3):0.3,Mono:0.6):0.4;")
+        >>> {"+".join(sorted(group)): t for group, t in tree.split_times().items()}
+        {'B+Mono+T': 0.6, 'B+T': 0.3}
+        """
+        return {
+            frozenset(branch.classes): branch.t_start
+            for b, branch in enumerate(self._branches)
+            if len(self._children[b]) >= 2
+        }
+
+    def split_heights(
+        self, sde: MarginalCoefficients | None = None, scale: str = "log_snr"
+    ) -> dict[frozenset[str], float]:
+        """Height of every split on a chosen scale: ``{classes of the splitting group: height}``.
+
+        Parameters
+        ----------
+        sde
+            The SDE the split times belong to (e.g. ``model.sde``); needed for ``"log_snr"``.
+            A `Hierarchy` does not store it.
+        scale
+            ``"log_snr"`` (default): the log signal-to-noise ratio
+            lambda(t) = log(a(t)^2 / s(t)^2) of the noising kernel at the split time (see
+            `scbranchdiff.hierarchy.log_snr`); it falls as t grows, so types that split earlier
+            in the reverse process (higher in the tree) have lower lambda, and a split's lambda
+            is about c - 2 log(distance between the types). ``"t"``: diffusion time, as
+            `split_times`.
+
+        Returns
+        -------
+        The heights, keyed and ordered as `split_times`.
+
+        Examples
+        --------
+        >>> from scbranchdiff import Hierarchy
+        >>> from scbranchdiff.diffusion import VPSDE
+        >>> tree = Hierarchy.from_newick("((B:0.3,T:0.3):0.3,Mono:0.6):0.4;")
+        >>> heights = tree.split_heights(VPSDE())
+        >>> [round(heights[frozenset(g)], 2) for g in (["B", "T"], ["B", "T", "Mono"])]
+        [-0.42, -3.62]
+        """
+        check_scale(scale, sde)
+        times = self.split_times()
+        if scale == "t":
+            return times
+        assert sde is not None
+        return {group: float(log_snr(t, sde)) for group, t in times.items()}
 
     def branch_index(self, class_idx: np.ndarray, t: np.ndarray | float) -> np.ndarray:
         """Branch serving each (class, t) pair, vectorised.
@@ -417,31 +487,97 @@ class Hierarchy:
             branches.append(Branch(tuple(b["classes"]), b["t_start"], b["t_end"]))
         return cls(d["classes"], branches)
 
-    def to_newick(self) -> str:
-        """Newick string; each branch length is its diffusion-time length, the root's included.
+    def to_newick(self, scale: str = "t", sde: MarginalCoefficients | None = None) -> str:
+        """Newick string of the tree, with branch lengths on a chosen scale.
 
         Class names holding anything but letters, digits, ``_``, ``.`` or ``-`` are quoted
-        (e.g. ``'CD4+/CD25 T Reg'``). Lengths carry 12 significant digits.
+        (e.g. ``'CD4+/CD25 T Reg'``). Lengths carry 12 significant digits. A childless branch
+        holding several classes (the flat hierarchy) is written as a group of zero-length
+        leaves. Edit the string in any tree viewer or by hand and pass it back to
+        ``BranchedDiffusion(hierarchy=...)`` (diffusion-time lengths) or `from_newick`.
+
+        Parameters
+        ----------
+        scale
+            ``"t"`` (default): each length is the branch's diffusion-time length, the root's
+            included, so every root-to-leaf path sums to 1; the form
+            ``BranchedDiffusion(hierarchy=...)`` reads. ``"log_snr"``: each length is the drop
+            of the log signal-to-noise ratio lambda(t) = log(a(t)^2 / s(t)^2) over the branch
+            (see `split_heights`); the root starts at lambda(1) and leaves end at
+            lambda(``sde.t_min``) (lambda(0) is infinite), for viewing the tree on a scale
+            where splits spread by how different the types are. Read it back with
+            ``from_newick(s, scale="log_snr", sde=sde)``.
+        sde
+            The SDE the times belong to (e.g. ``model.sde``); needed for ``"log_snr"``.
+
+        Raises
+        ------
+        ValueError
+            For ``"log_snr"`` when a leaf branch ends below ``sde.t_min``.
+
+        Examples
+        --------
+        >>> from scbranchdiff import Hierarchy
+        >>> from scbranchdiff.diffusion import VPSDE
+        >>> tree = Hierarchy.from_newick("((B:0.3,T:0.3):0.3,Mono:0.6):0.4;")
+        >>> tree.to_newick()
+        '((B:0.3,T:0.3):0.3,Mono:0.6):0.4;'
+        >>> text = tree.to_newick(scale="log_snr", sde=VPSDE())
+        >>> Hierarchy.from_newick(text, scale="log_snr", sde=VPSDE()) == tree
+        True
         """
+        check_scale(scale, sde)
+        if scale == "t":
+
+            def length(branch: Branch) -> float:
+                return branch.length
+
+        else:
+            assert sde is not None
+            t_leaf = leaf_time(sde)
+
+            def length(branch: Branch) -> float:
+                start = branch.t_start if branch.t_start > 0 else t_leaf
+                if branch.t_end <= t_leaf:
+                    raise ValueError(
+                        f"Branch {list(branch.classes)} ends at t = {branch.t_end:.6g}, not above "
+                        f"sde.t_min = {t_leaf:g}, where log-SNR leaves end: write this "
+                        "hierarchy with scale='t'."
+                    )
+                return float(log_snr(start, sde)) - float(log_snr(branch.t_end, sde))
 
         def write(b: int) -> str:
             branch = self._branches[b]
             kids = self._children[b]
-            label = (
-                "(" + ",".join(write(k) for k in kids) + ")"
-                if kids
-                else quote_name(branch.classes[0])
-            )
-            return f"{label}:{format_length(branch.length)}"
+            if kids:
+                label = "(" + ",".join(write(k) for k in kids) + ")"
+            elif len(branch.classes) == 1:
+                label = quote_name(branch.classes[0])
+            else:  # several classes served down to t = 0 by one branch
+                zero = format_length(0.0)
+                label = "(" + ",".join(f"{quote_name(c)}:{zero}" for c in branch.classes) + ")"
+            return f"{label}:{format_length(length(branch))}"
 
         return write(self.root) + ";"
 
     @classmethod
-    def from_newick(cls, s: str, classes: Sequence[str] | None = None) -> Hierarchy:
-        """Hierarchy from a Newick string with branch lengths (diffusion-time lengths).
+    def from_newick(
+        cls,
+        s: str,
+        classes: Sequence[str] | None = None,
+        *,
+        scale: str = "t",
+        sde: MarginalCoefficients | None = None,
+    ) -> Hierarchy:
+        """Hierarchy from a Newick string with branch lengths.
 
-        The root's length sets its start (1 - length); every leaf must reach t = 0 (within
-        1e-9). A Newick string without lengths is a topology only: use
+        With ``scale="t"`` the lengths are diffusion-time lengths: the root's length sets its
+        start (1 - length) and every leaf must reach t = 0 (within 1e-9). With
+        ``scale="log_snr"`` they are drops of the log signal-to-noise ratio, as written by
+        ``to_newick(scale="log_snr", sde=sde)``: the root starts at lambda(1) and every leaf
+        must reach lambda(``sde.t_min``) (within 1e-6). A group whose children are all
+        zero-length leaves reaching the bottom is one branch holding them all (the flat
+        hierarchy). A Newick string without lengths is a topology only: use
         `Topology.from_newick` and `fit_split_times`.
 
         Parameters
@@ -450,7 +586,19 @@ class Hierarchy:
             The Newick string.
         classes
             Class order of the result; defaults to the leaf order of the string.
+        scale
+            ``"t"`` (default) or ``"log_snr"``: what the branch lengths measure.
+        sde
+            The SDE the log-SNR belongs to; needed for ``"log_snr"``.
+
+        Examples
+        --------
+        >>> from scbranchdiff import Hierarchy
+        >>> tree = Hierarchy.from_newick("((B:0.3,T:0.3):0.3,Mono:0.6):0.4;")
+        >>> tree.split_time("B", "T"), tree.split_time("B", "Mono")
+        (0.3, 0.6)
         """
+        check_scale(scale, sde)
         tree = parse_newick(s)
         if _any_length_missing(tree):
             raise ValueError(
@@ -458,28 +606,63 @@ class Hierarchy:
                 "no split times. Build a `Topology.from_newick(...)` and fit the times with "
                 "`scbranchdiff.hierarchy.fit_split_times`."
             )
+        if scale == "t":
+            top, bottom, tolerance = 1.0, 0.0, TIME_TOLERANCE
+
+            def to_time(height: float) -> float:
+                return height
+
+            def where(height: float) -> str:
+                return (
+                    f"t = {height:.6g}, not at 0: the branch lengths from the root to every "
+                    "leaf must sum to 1 (a string written with scale='log_snr' is read with "
+                    "`Hierarchy.from_newick(s, scale='log_snr', sde=...)`)"
+                )
+
+        else:
+            assert sde is not None
+            # heights grow downwards: log-SNR rises from lambda(1) at the root's top
+            top, bottom = float(log_snr(1.0, sde)), float(log_snr(leaf_time(sde), sde))
+            tolerance = LOG_SNR_TOLERANCE
+
+            def to_time(height: float) -> float:
+                return float(time_at_log_snr(height, sde))
+
+            def where(height: float) -> str:
+                return (
+                    f"log-SNR {height:.6g}, not at lambda(t_min) = {bottom:.6g}: the branch "
+                    "lengths from the root to every leaf must sum to lambda(t_min) - lambda(1) "
+                    f"= {bottom - top:.6g}"
+                )
+
+        sign = -1.0 if scale == "t" else 1.0
         branches: list[Branch] = []
 
-        def emit(node: NewickNode, t_end: float) -> tuple[str, ...]:
+        def emit(node: NewickNode, t_end: float, h_end: float) -> tuple[str, ...]:
             assert node.length is not None
-            t_start = t_end - node.length
+            h_start = h_end + sign * node.length
+            reaches_bottom = abs(h_start - bottom) <= tolerance
+            if node.children and reaches_bottom and all(
+                not c.children and c.length == 0 for c in node.children
+            ):  # one branch serving several classes down to t = 0
+                names = tuple(str(c.name) for c in node.children)
+                branches.append(Branch(names, 0.0, t_end))
+                return names
             if node.children:
+                t_start = to_time(h_start)
                 names: tuple[str, ...] = ()
                 for child in node.children:
-                    names += emit(child, t_start)
+                    names += emit(child, t_start, h_start)
             else:
                 assert node.name is not None
                 names = (node.name,)
-                if abs(t_start) > TIME_TOLERANCE:
-                    raise ValueError(
-                        f"Leaf {node.name!r} ends at t = {t_start:.6g}, not at 0: the "
-                        "branch lengths from the root to every leaf must sum to 1."
-                    )
+                if not reaches_bottom:
+                    raise ValueError(f"Leaf {node.name!r} ends at {where(h_start)}.")
                 t_start = 0.0
             branches.append(Branch(names, t_start, t_end))
             return names
 
-        leaf_order = emit(tree, 1.0)
+        leaf_order = emit(tree, 1.0, top)
         return cls(leaf_order if classes is None else classes, branches)
 
     # ------------------------------------------------------------------ continual learning

@@ -59,9 +59,10 @@ def parse_hierarchy_spec(
     spec
         ``"auto"`` (discover the tree from the data) or ``"flat"`` (`LABEL_GUIDED`), returned
         as they are; a `Hierarchy`, returned as it is once every class is found in it; a
-        Newick string (a `Hierarchy` when it holds branch lengths, i.e. any ``:``, else a
-        `Topology`); a nested mapping (`Topology.from_nested`); or a list of column names of
-        `obs`, coarse to fine (`Topology.from_annotation`).
+        Newick string (a `Hierarchy` when it holds diffusion-time branch lengths, i.e. any
+        ``:``, e.g. from ``Hierarchy.to_newick()``, else a `Topology`); a nested mapping
+        (`Topology.from_nested`); or a list of column names of `obs`, coarse to fine
+        (`Topology.from_annotation`).
     classes
         The cell types (e.g. the categories of ``adata.obs[labels_key]``).
     obs
@@ -73,7 +74,8 @@ def parse_hierarchy_spec(
     Returns
     -------
     The string ``"auto"`` or ``"flat"``, the given or parsed `Hierarchy`, or a `Topology`
-    (whose split times are still to be fitted, `fit_split_times`).
+    (whose split times are still to be fitted, `fit_split_times`). A `Hierarchy` parsed from
+    Newick has its classes in the order of `classes`, not the leaf order of the string.
 
     Raises
     ------
@@ -147,6 +149,9 @@ def parse_hierarchy_spec(
             f"The hierarchy's classes {sorted(parsed.classes)} differ from the cell types in "
             f"{where}: {sorted(classes)}."
         )
+    if isinstance(parsed, Hierarchy) and parsed.classes != tuple(classes):
+        # the model's class order, not the leaf order of the string (a saved model checks it)
+        parsed = Hierarchy(classes, parsed.branches)
     return parsed
 
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import PathPatch
+from matplotlib.path import Path
 from matplotlib.ticker import MaxNLocator
-from matplotlib.transforms import Bbox
+from matplotlib.transforms import Affine2D, Bbox, ScaledTranslation
 
 from ..hierarchy import SCALES, Hierarchy, log_snr
+from ..hierarchy._scale import leaf_time
 from ._colours import Palette, type_colours
-from ._figure import finish_figure
+from ._figure import Save, finish_figure
 
 if TYPE_CHECKING:
     from ..hierarchy._scale import MarginalCoefficients
@@ -101,8 +104,9 @@ def hierarchy(
     palette: Palette | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | PathLike | None = None,
-) -> Axes | None:
+    save: Save = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
     """Plot the cell-type hierarchy as a dendrogram: leaves at the bottom, the root on top.
 
     Each split is drawn at the height at which its types stop sharing a reverse process and
@@ -147,11 +151,15 @@ def hierarchy(
     show
         Show the figure; None follows ``scanpy.settings.autoshow``.
     save
-        Path to save the figure to (any format matplotlib writes).
+        Save the figure, as in scanpy: True writes ``{sc.settings.figdir}/hierarchy.{format}``,
+        a str without a directory is a suffix of that name, a path is the file itself; None
+        follows ``sc.settings.autosave``.
+    return_fig
+        Return the Figure instead of showing it.
 
     Returns
     -------
-    The Axes when ``show`` is False, else None.
+    The Figure with ``return_fig``; else the Axes when ``show`` is False, else None.
 
     Examples
     --------
@@ -168,8 +176,8 @@ def hierarchy(
     ...     ],
     ... )
     >>> ax = sbd.pl.hierarchy(tree, sde=VPSDE(), show=False)  # log-SNR heights
-    >>> ax.get_ylabel()
-    'log-SNR $\\\\lambda = \\\\log\\\\,a(t)^2 / s(t)^2$'
+    >>> sorted(text.get_text() for text in ax.texts)
+    ['λ = −0.42', 'λ = −3.62']
     >>> ax = sbd.pl.hierarchy(tree, scale="t", show=False)  # diffusion time
     >>> sorted(text.get_text() for text in ax.texts)
     ['t = 0.30', 't = 0.60']
@@ -194,7 +202,7 @@ def hierarchy(
         width = max(3.5, 0.5 * tree.n_classes + 1.8)
         _, ax = plt.subplots(figsize=(width, 4.2))
     _draw(ax, tree, layout, colours, heights, counts, rare_threshold)
-    return finish_figure(ax.figure, ax, show=show, save=save)
+    return finish_figure(ax.figure, ax, show=show, save=save, return_fig=return_fig)
 
 
 def _resolve_inputs(
@@ -239,7 +247,7 @@ def _height_scale(tree: Hierarchy, scale: str, sde: Any) -> HeightScale:
     if scale == "t":
         return HeightScale("t", lambda t: t, 0.0, 1.0, TIME_LABEL, lambda t: f"t = {t:.2f}")
     splits = sorted({b.t_start for b in tree.branches if b.t_start > 0.0})
-    t_leaf = float(getattr(sde, "t_min", 1e-3))
+    t_leaf = leaf_time(sde)
     floor = float(log_snr(1.0, sde))  # the noisiest the SDE gets
     if splits:
         lam = np.asarray(log_snr(np.asarray(splits), sde))
@@ -354,10 +362,10 @@ def _log_snr_axes(ax: Axes, heights: HeightScale) -> None:
 
 
 def _tick_text(values: list[float]) -> list[str]:
-    """Tick labels with as few decimals as tell the ticks apart, and a true minus sign."""
-    for decimals in range(0, 4):
+    """Tick labels with as few decimals as write the ticks exactly, and a true minus sign."""
+    for decimals in range(4):
         texts = [f"{v:.{decimals}f}" for v in values]
-        if len(set(texts)) == len(texts):
+        if all(abs(float(text) - v) < 1e-9 for text, v in zip(texts, values, strict=True)):
             break
     return [t.replace("-", "\N{MINUS SIGN}") for t in texts]
 
@@ -392,26 +400,38 @@ def _label_splits(
         width, height = size.width, size.height
         parent = tree.parent(b)
         left_first = parent is not None and x < layout.branch_x[parent]
-        choice = None
-        for dx_pt, dy_pt, ha, va in _candidates(left_first, height / px_per_pt):
-            box = _box(anchor, dx_pt * px_per_pt, dy_pt * px_per_pt, width, height, ha, va)
-            if frame.contains(*box.p0) or frame.contains(*box.p1):
-                if not any(box.overlaps(other) for other in placed):
-                    choice = (dx_pt, dy_pt, ha, va, box)
-                    break
-        if choice is None:  # nowhere free: the first spot
-            dx_pt, dy_pt, ha, va = next(iter(_candidates(left_first, height / px_per_pt)))
-            box = _box(anchor, dx_pt * px_per_pt, dy_pt * px_per_pt, width, height, ha, va)
-            choice = (dx_pt, dy_pt, ha, va, box)
-        dx_pt, dy_pt, ha, va, box = choice
-        moved = abs(dy_pt) > height / px_per_pt + 4
+        spots = [
+            (dx_pt, dy_pt, ha, va,
+             _box(anchor, dx_pt * px_per_pt, dy_pt * px_per_pt, width, height, ha, va))
+            for dx_pt, dy_pt, ha, va in _candidates(left_first, height / px_per_pt)
+        ]
+        free = [spot for spot in spots if not any(spot[4].overlaps(other) for other in placed)]
+        inside = [spot for spot in free if frame.contains(*spot[4].p0)
+                  and frame.contains(*spot[4].p1)]
+        partly = [spot for spot in free if frame.contains(*spot[4].p0)
+                  or frame.contains(*spot[4].p1)]
+        # the nearest free spot inside the axes, partly inside, anywhere; crowded out: the first
+        dx_pt, dy_pt, ha, va, box = (inside or partly or free or spots)[0]
         ax.annotate(
             text, (x, y), xytext=(dx_pt, dy_pt), textcoords="offset points",
             fontsize=_LABEL_SIZE, color="0.15", ha=ha, va=va, zorder=4,
-            arrowprops=(dict(arrowstyle="-", color="0.6", lw=0.6, shrinkA=0, shrinkB=2)
-                        if moved else None),
         )
-        placed.append(box.expanded(1.0, 1.0).padded(1.0))
+        if abs(dy_pt) > height / px_per_pt + 4:  # moved off its split: a line to it
+            _leader(ax, (x, y), (dx_pt, dy_pt))
+        placed.append(box.padded(1.0))
+
+
+def _leader(ax: Axes, anchor: tuple[float, float], offset_pt: tuple[float, float]) -> None:
+    """A thin line from a split (data) to its label (offset in points), as a patch.
+
+    Its transform follows the split and the figure's dpi, like the label's offset; as a patch
+    it is neither a label (``ax.texts``) nor a branch (``ax.lines``).
+    """
+    points = Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans
+    transform = points + ScaledTranslation(anchor[0], anchor[1], ax.transData)
+    line = PathPatch(Path([(0.0, 0.0), offset_pt]), transform=transform, fill=False,
+                     edgecolor="0.6", lw=0.6, zorder=3, clip_on=False)
+    ax.add_artist(line)
 
 
 def _candidates(left_first: bool, height_pt: float):
