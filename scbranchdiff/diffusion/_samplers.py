@@ -70,9 +70,12 @@ def ancestral(
 
     With x0_hat = (x_t - s(t) z_hat) / a(t) (Tweedie), the posterior of the VP kernel is
     x_s = a(s) x0_hat + sqrt(s(s)^2 - v) z_hat + sqrt(v) z with
-    v = s(s)^2 / s(t)^2 (1 - a(t)^2 / a(s)^2) (DDPM; DDIM with eta = 1). Exact for Gaussian
-    data, so few steps suffice where Euler-Maruyama needs hundreds. `first_step` is the global
-    index of the first step of `ts`, passed to `noise_fn`.
+    v = s(s)^2 / s(t)^2 (1 - a(t)^2 / a(s)^2) (DDPM; DDIM with eta = 1). Unlike an
+    Euler-Maruyama step it moves along the exact VP kernel, so far fewer steps are needed; it
+    plugs in x0_hat for x_0, so with very few steps the samples are under-dispersed (unit
+    Gaussian data, EDM grid: sd 0.78 with 20 steps, 0.89 with 50, 0.985 with 200) and it
+    converges to the reverse SDE as steps grow. `first_step` is the global index of the first
+    step of `ts`, passed to `noise_fn`.
 
     Examples
     --------
@@ -81,8 +84,8 @@ def ancestral(
     >>> sde = VPSDE()
     >>> eps_fn = lambda x, t: sde.sigma(torch.tensor(t)) * x  # exact for x_0 ~ N(0, I)
     >>> noise_fn = lambda step: torch.randn(2000, 2)
-    >>> x0 = ancestral(eps_fn, torch.randn(2000, 2), time_grid(20, sde, spacing="edm"), sde, noise_fn)
-    >>> bool(abs(x0.std() - 1) < 0.1)
+    >>> x0 = ancestral(eps_fn, torch.randn(2000, 2), time_grid(200, sde, spacing="edm"), sde, noise_fn)
+    >>> bool(abs(x0.std() - 1) < 0.05)
     True
     """
     for i in range(len(ts) - 1):
