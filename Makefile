@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test docs clean
+.PHONY: install demo test lint docs lowest clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scbranchdiff/_version.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,docs]"
+	$(PY) -m pip install -q -e ".[test,docs,dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,8 +22,28 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+lint: install
+	$(PY) -m ruff check scbranchdiff tests benchmarks tutorials .ci docs/conf.py
+
 docs: install
 	$(PY) -m sphinx -W -b html docs docs/_build/html
 
+# Lowest supported versions: a fresh $(LOWEST_VENV) with every runtime dependency pinned to the
+# lower bound in pyproject.toml (.ci/lowest_constraints.py), then a smoke test. torch is the one
+# exception: it stays at $(TORCH_SPEC), the CPU wheel on disk (the registry's torch is a
+# multi-GB CUDA build).
+LOWEST_VENV ?= .venv-lowest
+LOWEST_TESTS ?= tests/test_outputs.py tests/test_save_load.py
+
+lowest:
+	rm -rf $(LOWEST_VENV)
+	python3 -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	python3 .ci/lowest_constraints.py --skip torch > $(LOWEST_VENV)/constraints.txt
+	$(LOWEST_VENV)/bin/python -m pip install -q -c $(LOWEST_VENV)/constraints.txt . "pytest>=8" "hypothesis>=6.100"
+	$(LOWEST_VENV)/bin/python -m pip list --format=freeze > $(LOWEST_VENV)/installed.txt
+	$(LOWEST_VENV)/bin/pytest -q $(LOWEST_TESTS)
+
 clean:
-	rm -rf $(VENV) docs/_build demo_output .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) docs/_build demo_output .pytest_cache

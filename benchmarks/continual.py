@@ -37,8 +37,7 @@ import torch
 import scbranchdiff as sbd
 from scbranchdiff.hierarchy import Hierarchy
 from scbranchdiff.latent import PCALatent
-from scbranchdiff.model import BranchedDiffusion
-from scbranchdiff.model import DEFAULT_CONTINUAL_STEPS, DEFAULT_TRAIN_STEPS
+from scbranchdiff.model import DEFAULT_CONTINUAL_STEPS, DEFAULT_TRAIN_STEPS, BranchedDiffusion
 from scbranchdiff.train import DiffusionTrainingPlan, fit_plan
 
 NEW_TYPES = ["T_CD8", "DC_plasmacytoid"]
@@ -145,10 +144,10 @@ def main() -> None:
         record(f"{kind}, base (6 types)", base, t_base)
         epochs_add = epochs_for(add_steps, new.n_obs)
         if kind == "branched":
-            t_add = timed(lambda: base.add_cell_types(new, epochs_add, seed=args.seed, **QUIET))
+            t_add = timed(lambda m=base, e=epochs_add: m.add_cell_types(new, e, seed=args.seed, **QUIET))
             name = "branched + add_cell_types"
         else:
-            t_add = timed(lambda: finetune_flat(base, new, epochs_add, seed=args.seed))
+            t_add = timed(lambda m=base, e=epochs_add: finetune_flat(m, new, e, seed=args.seed))
             name = "flat, fine-tuned on new only"
         after = base.generate({c: 200 for c in old_types}, seed=1, n_steps=args.n_steps)
         same = bool(np.array_equal(reference.obsm["X_latent"], after.obsm["X_latent"]))

@@ -264,7 +264,7 @@ def main(argv=None) -> None:
                     f"diffusion models, width {args.width}; shared scVI {args.latent_epochs} epochs; scANVI "
                     f"{args.scanvi_epochs} epochs from that scVI; SDE sampler with {args.n_steps} steps; seed {args.seed}.")
         body = [header(command.replace(" --write-docs", "")), settings, ""]
-        for name, table in tables.items():
+        for table in tables.values():
             body += [table.attrs["caption"], "", markdown(table), ""]
         write_section("quality", "\n".join(body))
 

@@ -107,7 +107,10 @@ def snapshot(path: str) -> None:
     np.savez(path, **out)
     h = hashlib.sha256()
     for k in sorted(out):
-        h.update(k.encode()); h.update(np.ascontiguousarray(out[k]).tobytes() if out[k].dtype != object else str(out[k].tolist()).encode())
+        h.update(k.encode())
+        value = out[k]
+        h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object
+                 else str(value.tolist()).encode())
     print(len(out), "arrays, sha256", h.hexdigest())
 
 

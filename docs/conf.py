@@ -21,7 +21,7 @@ import scbranchdiff  # noqa: E402
 project = "scbranchdiff"
 author = "scbranchdiff developers"
 copyright = f"{date.today().year}, {author}"
-version = release = scbranchdiff.__version__
+version = release = scbranchdiff.__version__  # scbranchdiff/_version.py, the one source
 
 extensions = [
     "myst_nb",
@@ -86,9 +86,8 @@ plot_rcparams = {"savefig.bbox": "tight"}  # keep rotated cell-type names inside
 html_theme = "sphinx_book_theme"
 html_title = "scbranchdiff"
 html_theme_options = {
-    "repository_url": "https://github.com/scverse/scbranchdiff",
-    "use_repository_button": True,
-    "path_to_docs": "docs/",
+    # no repository button: the package has no public repository address to point to yet
+    "use_repository_button": False,
     "navigation_with_keys": False,
 }
 pygments_style = "default"

@@ -7,16 +7,11 @@ Subpackages that need torch (model, module, diffusion, latent, train) are import
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("scbranchdiff")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
-from . import hierarchy  # noqa: E402
-from .hierarchy import Branch, Hierarchy  # noqa: E402
+from . import hierarchy
+from ._version import __version__
+from .hierarchy import Branch, Hierarchy
 
 _SUBPACKAGES = ("data", "diffusion", "latent", "metrics", "model", "module", "pl", "train")
 

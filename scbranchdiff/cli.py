@@ -192,20 +192,6 @@ def _total_cells(model: Any, n_cells: int | dict[str, int]) -> int:
     return n_cells * len(model.classes) if isinstance(n_cells, int) else sum(n_cells.values())
 
 
-def _in_tree_order(adata: Any, labels_key: str, model: Any) -> Any:
-    """A copy of `adata` whose cell-type categories (and scanpy colours) follow the model's tree."""
-    out = adata.copy()
-    column = out.obs[labels_key].astype("category")
-    old = [str(c) for c in column.cat.categories]
-    colours = dict(zip(old, out.uns.get(f"{labels_key}_colors", []), strict=False))
-    order = [t for t in model.hierarchy.topology.classes if t in old]
-    order += [t for t in old if t not in order]
-    out.obs[labels_key] = column.cat.reorder_categories(order)
-    if len(colours) == len(old):
-        out.uns[f"{labels_key}_colors"] = [colours[t] for t in order]
-    return out
-
-
 # ---------------------------------------------------------------------------- subcommands
 def _cmd_demo(args: argparse.Namespace) -> None:
     import matplotlib
@@ -245,7 +231,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     # Path objects: a bare file name given as str is a scanpy suffix (saved into figdir)
     sbd.pl.hierarchy(model, show=False, save=out / "hierarchy.png")
     sbd.pl.generated_vs_real(  # panels and legend in the order of the tree's leaves
-        _in_tree_order(adata, "bulk_labels", model), generated, "bulk_labels", layer="counts", basis=args.basis, per_type=True,
+        sbd.pl.in_tree_order(adata, "bulk_labels", model), generated, "bulk_labels", layer="counts",
+        basis=args.basis, per_type=True,
         show=False, save=out / "generated_vs_real.png",
     )
     print(

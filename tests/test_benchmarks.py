@@ -16,9 +16,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import _common
     import quality
     import speed
+
+    import _common
 
     yield _common, quality, speed
     for name in ("_common", "quality", "speed"):

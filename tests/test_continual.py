@@ -93,10 +93,10 @@ def _log_normalised(adata):
 @pytest.fixture(scope="module")
 def continual(simulated):
     """Model trained on 6 types, state before, then after learning NEW_TYPES."""
-    from conftest import FAST, stratified_split
-
     import scbranchdiff as sbd
     from scbranchdiff.latent import PCALatent
+
+    from conftest import FAST, stratified_split
 
     adata = _log_normalised(simulated[0])
     test = stratified_split(adata.obs["cell_type"], 1 / 3, seed=0)
@@ -249,6 +249,7 @@ def _assert_unchanged(model, snapshot):
 
 def test_add_cell_types_bad_input_leaves_model_unchanged(continual):
     from anndata import AnnData
+
     from conftest import FAST
 
     model, new = continual["model"], continual["heldout"]

@@ -129,7 +129,7 @@ def test_simulated_types_are_separable_and_confused_only_with_siblings(simulated
         assert accuracy >= 0.9, (cell_type, accuracy)
     wrong = predicted != labels
     sibling_sets = siblings(tree)
-    confused_with_sibling = [p in sibling_sets[y] for y, p in zip(labels[wrong], predicted[wrong])]
+    confused_with_sibling = [p in sibling_sets[y] for y, p in zip(labels[wrong], predicted[wrong], strict=True)]
     assert np.mean(confused_with_sibling) >= 0.9
 
 

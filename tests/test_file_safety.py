@@ -20,12 +20,13 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import FAST
 
 import scbranchdiff as sbd
 from scbranchdiff import _io
 from scbranchdiff.cli import main
 from scbranchdiff.model import BranchedDiffusion
+
+from conftest import FAST
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file semantics")
 

@@ -12,11 +12,12 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import FAST
 
 import scbranchdiff as sbd
 from scbranchdiff import _io
 from scbranchdiff.model import BranchedDiffusion
+
+from conftest import FAST
 
 
 class _Planted:

@@ -393,12 +393,7 @@ def test_save_rejects_other_types(real):
 
 
 # ---------------------------------------------------------------------------- return types
-HIERARCHY_WITHOUT_RETURN_FIG = pytest.param("hierarchy", marks=pytest.mark.xfail(
-    raises=TypeError, strict=False, reason="return_fig is not yet in pl/_dendrogram.py",
-))
-
-
-@pytest.mark.parametrize("name", [HIERARCHY_WITHOUT_RETURN_FIG, *PLOTS[1:]])
+@pytest.mark.parametrize("name", PLOTS)
 def test_return_fig_returns_the_figure_without_showing_it(name, real, monkeypatch):
     monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("shown despite return_fig"))
     fig = plot(name, real, show=True, return_fig=True)
@@ -528,3 +523,52 @@ def test_embeddings_from_different_calls_are_fitted_again_with_a_warning(real):
         sbd.pl.generated_vs_real(real, other, "cell_type", basis="pca", show=False)
     with pytest.warns(UserWarning, match="`adata_transmuted` lacks"):
         sbd.pl.transmutation(real, transmuted_cells(real), "cell_type", basis="pca", show=False)
+
+
+# ---------------------------------------------------------------------------- in_tree_order
+def test_in_tree_order_follows_the_leaves_and_keeps_each_types_colour(real):
+    tree = six_type_tree()
+    shuffled = ["CD14+ Monocyte", "CD8 T", "B", "CD4+/CD25 T Reg"]
+    colour_of = dict(zip(TYPES, STORED_COLOURS, strict=True))
+    real.obs["cell_type"] = real.obs["cell_type"].cat.reorder_categories(shuffled)
+    real.uns["cell_type_colors"] = [colour_of[t] for t in shuffled]
+    ordered = sbd.pl.in_tree_order(real, "cell_type", tree)
+    categories = list(ordered.obs["cell_type"].cat.categories)
+    assert categories == [t for t in tree.topology.classes if t in TYPES] == list(TYPES)
+    assert list(ordered.uns["cell_type_colors"]) == [colour_of[t] for t in categories]
+    assert (ordered.obs["cell_type"].astype(str) == real.obs["cell_type"].astype(str)).all()
+    assert list(real.obs["cell_type"].cat.categories) == shuffled  # input unchanged
+    assert list(real.uns["cell_type_colors"]) == [colour_of[t] for t in shuffled]
+
+
+def test_in_tree_order_takes_a_model_a_hierarchy_a_topology_or_names(real):
+    tree = six_type_tree()
+    expected = list(sbd.pl.in_tree_order(real, "cell_type", tree).obs["cell_type"].cat.categories)
+    for given in (SimpleNamespace(hierarchy=tree), tree.topology, list(tree.topology.classes)):
+        ordered = sbd.pl.in_tree_order(real, "cell_type", given)
+        assert list(ordered.obs["cell_type"].cat.categories) == expected
+
+
+def test_in_tree_order_puts_unknown_types_last_and_converts_plain_columns(real):
+    real.obs["cell_type"] = real.obs["cell_type"].astype(str)  # not categorical
+    del real.uns["cell_type_colors"]
+    ordered = sbd.pl.in_tree_order(real, "cell_type", ["CD8 T", "Absent", "B"])
+    assert list(ordered.obs["cell_type"].cat.categories) == [
+        "CD8 T", "B", "CD14+ Monocyte", "CD4+/CD25 T Reg",  # the rest in their sorted order
+    ]
+    assert "cell_type_colors" not in ordered.uns
+
+
+def test_in_tree_order_leaves_colours_that_do_not_match_the_categories(real):
+    real.uns["cell_type_colors"] = STORED_COLOURS[:2]  # stale: scanpy would redraw them
+    ordered = sbd.pl.in_tree_order(real, "cell_type", six_type_tree())
+    assert list(ordered.uns["cell_type_colors"]) == STORED_COLOURS[:2]
+
+
+def test_in_tree_order_names_bad_arguments(real):
+    with pytest.raises(KeyError, match="labels_key='kind'"):
+        sbd.pl.in_tree_order(real, "kind", six_type_tree())
+    with pytest.raises(TypeError, match="Hierarchy, a Topology"):
+        sbd.pl.in_tree_order(real, "cell_type", "B")
+    with pytest.raises(TypeError, match="AnnData"):
+        sbd.pl.in_tree_order(real.obs, "cell_type", six_type_tree())

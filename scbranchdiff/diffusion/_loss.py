@@ -1,4 +1,4 @@
-"""The training loss: denoising score matching written as noise prediction (METHOD.md section 3)."""
+"""The training loss: denoising score matching written as noise prediction (as in the paper)."""
 
 from __future__ import annotations
 

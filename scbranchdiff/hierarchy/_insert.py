@@ -1,4 +1,4 @@
-"""Growing a hierarchy by new classes without touching the old tree (METHOD.md section 6).
+"""Growing a hierarchy by new classes without touching the old tree (continual learning).
 
 Each new class joins the existing tree where the discovery criterion says it becomes
 indistinguishable from it: walking down from the root, it follows the child it crosses before

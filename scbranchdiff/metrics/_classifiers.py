@@ -81,7 +81,7 @@ def c2st_auc(
     y
         Generated cells, same features.
     classifier
-        ``"knn"`` (default, k = ``n_neighbors``; the classifier of METHOD.md section 9),
+        ``"knn"`` (default, k = ``n_neighbors``; the ``auc_latent`` of the benchmarks page),
         ``"svm"`` (RBF support vector machine: more powerful, noisier at few cells),
         ``"logistic"`` (sees only mean shifts), or any scikit-learn classifier with
         ``predict_proba`` or ``decision_function`` (cloned). Features are standardised first.

@@ -1,6 +1,7 @@
 """Continual learning: add cell types to a trained model without changing the old ones.
 
-METHOD.md section 6. The new types are inserted into the existing hierarchy
+See docs/concepts.md ("What the branches make possible") and the paper's continual-learning
+experiments (Tseng et al., TMLR 2024). The new types are inserted into the existing hierarchy
 (:func:`~scbranchdiff.hierarchy.insert_classes`: old split times stay, an old branch may be cut
 in two at a join time), every new branch that serves old classes where an old branch did gets a
 bit-identical, frozen copy of that branch's head, and only the heads of branches serving new

@@ -347,7 +347,8 @@ class BranchedDiffusion(
         self.latent_mean_ = z.mean(axis=0).astype(np.float32)
         sd = z.std(axis=0).astype(np.float32)
         if self.latent_scaling == "global":
-            # one scale for every dimension: the latent's geometry is kept (METHOD.md section 1)
+            # one scale for every dimension: the latent's geometry is kept (per-dimension
+            # standardisation blurs the tree: docs/concepts.md, "Where the splits come from")
             sd = np.full_like(sd, float(np.sqrt(np.mean(sd**2))))
         self.latent_scale_ = np.maximum(sd, 1e-6)
 

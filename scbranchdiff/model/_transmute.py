@@ -1,4 +1,6 @@
-"""Transmutation (METHOD.md section 5) and branch-point intermediates (section 7).
+"""Transmutation and branch-point intermediates.
+
+Both are described in docs/concepts.md ("What the branches make possible").
 
 A mixin of :class:`~scbranchdiff.model.BranchedDiffusion`: it uses the model's latent backend,
 scaling, hierarchy and :class:`~scbranchdiff.diffusion.TreeSampler`, and adds no state.

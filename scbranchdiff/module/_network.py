@@ -1,4 +1,4 @@
-"""The branched score network: one shared trunk, one small head per branch (METHOD.md section 3).
+"""The branched score network: one shared trunk, one small head per branch (multi-task).
 
 The trunk runs once per batch. Each sample then goes through the head of its own branch only:
 the heads' parameters are gathered per sample, so a batch costs one trunk pass plus one head
@@ -36,7 +36,7 @@ class ResidualBlock(nn.Module):
     """Pre-norm residual MLP block conditioned on a time (and class) embedding.
 
     LayerNorm rather than BatchNorm: at sampling time every sample of a batch shares one t, and
-    batch statistics would cancel the time and label embeddings (METHOD.md section 9).
+    batch statistics would cancel the time and label embeddings.
     """
 
     def __init__(self, n_hidden: int, dropout: float = 0.0) -> None:

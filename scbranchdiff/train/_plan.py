@@ -1,4 +1,4 @@
-"""The Lightning training plan of the score network (METHOD.md section 3).
+"""The Lightning training plan of the score network (its loss: `scbranchdiff.diffusion`).
 
 Each sample x_0 of class c gets a time t, is noised with the VP kernel, and the head of the
 branch holding (c, t) predicts the noise (:class:`~scbranchdiff.diffusion.NoisePredictionLoss`).
