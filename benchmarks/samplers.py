@@ -31,7 +31,7 @@ from _common import (
     write_section,
 )
 
-SAMPLERS = [("sde", 500), ("sde", 200), ("ancestral", 50), ("ancestral", 25), ("ode", 100)]
+SAMPLERS = [("sde", 500), ("sde", 200), ("ancestral", 50), ("ancestral", 40), ("ancestral", 25), ("ode", 100)]
 
 
 def nfe(sampler: str, n_steps: int) -> int:
@@ -71,7 +71,7 @@ def run(name: str, args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["pbmc68k", "simulated"])
     parser.add_argument("--quick", action="store_true")
@@ -80,14 +80,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.latent_epochs, args.width = args.epochs or 5, args.latent_epochs or 5, 32
     single_thread()
     table = pd.concat([run(name, args) for name in args.datasets]).set_index("dataset")
     reference = table[table["sampler"] == "sde-500"]["auc_latent"]
     table["vs_sde500"] = table["auc_latent"] - reference.reindex(table.index).to_numpy()
-    text = header("python benchmarks/samplers.py " + " ".join(sys.argv[1:])) + "\n" + markdown(table)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    text = header(f"python benchmarks/samplers.py {command}") + "\n" + markdown(table)
     print(text)
     if args.write_docs:
         write_section("samplers", text)
