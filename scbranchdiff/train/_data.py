@@ -77,31 +77,28 @@ class LatentDataModule(pl.LightningDataModule):
         self.n_train = len(self.train_idx)
         self.n_val = len(self.val_idx)
 
-    def train_dataloader(self) -> DataLoader:
+    def _shard(self, dataset: TensorDataset, shuffle: bool) -> DistributedSampler:
+        """This process's share of `dataset` (one process: all of it), reshuffled per epoch."""
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
-        # one process: a DistributedSampler of one replica is a permutation seeded per epoch
-        sampler = DistributedSampler(
-            self.dataset,
+        return DistributedSampler(
+            dataset,
             num_replicas=trainer.world_size if distributed else 1,
             rank=trainer.global_rank if distributed else 0,
+            shuffle=shuffle,
             seed=self.seed,
         )
-        batches = _EpochBatchSampler(sampler, self.batch_size, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        # one process: a DistributedSampler of one replica is a permutation seeded per epoch
+        batches = _EpochBatchSampler(self._shard(self.dataset, shuffle=True), self.batch_size, drop_last=False)
         return DataLoader(self.dataset, sampler=batches, batch_size=None)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.n_val == 0:
             return []
-        trainer = self.trainer
-        distributed = trainer is not None and trainer.world_size > 1
-        sampler = DistributedSampler(
-            self.validation,
-            num_replicas=trainer.world_size if distributed else 1,
-            rank=trainer.global_rank if distributed else 0,
-            shuffle=False,
-        )
-        return DataLoader(self.validation, sampler=BatchSampler(sampler, 4096, drop_last=False), batch_size=None)
+        batches = BatchSampler(self._shard(self.validation, shuffle=False), 4096, drop_last=False)
+        return DataLoader(self.validation, sampler=batches, batch_size=None)
 
 
 def stratified_split(
