@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint docs lowest clean
+.PHONY: install demo test lint docs lowest tutorials clean
 
 $(VENV)/.installed: pyproject.toml scbranchdiff/_version.py
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test: install
 
 lint: install
 	$(PY) -m ruff check scbranchdiff tests benchmarks tutorials .ci docs/conf.py
+
+# re-run the tutorials with full settings and stamp their stored outputs with the version
+tutorials: install
+	$(PY) tutorials/execute.py
 
 docs: install
 	$(PY) -m sphinx -W -b html docs docs/_build/html

@@ -20,8 +20,8 @@ SMALL = {
     "basis": "pca",  # a UMAP's numba compilation alone takes ~30 s in each fresh kernel
 }
 FIGURES = {
-    "01_generation": ["generation_hierarchy", "generation_generated_vs_real", "generation_markers",
-                      "generation_scores"],
+    "01_generation": ["generation_hierarchy", "generation_loss", "generation_generated_vs_real",
+                      "generation_markers", "generation_scores"],
     "02_transmutation": ["transmutation_embedding", "transmutation_top_genes",
                          "transmutation_fold_changes", "transmutation_intermediates"],
     "03_continual_learning": ["continual_hierarchy", "continual_generated_vs_real",
@@ -31,6 +31,18 @@ FIGURES = {
 
 def test_every_tutorial_is_tested():
     assert sorted(p.stem for p in TUTORIALS.glob("*.ipynb")) == sorted(FIGURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_stored_outputs_come_from_this_version(name):
+    import json
+
+    import scbranchdiff
+
+    stamp = json.loads((TUTORIALS / f"{name}.ipynb").read_text())["metadata"].get("scbranchdiff", {})
+    assert stamp.get("version") == scbranchdiff.__version__, (
+        f"{name}.ipynb holds outputs of scbranchdiff {stamp.get('version')}: run `make tutorials`"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
