@@ -112,6 +112,11 @@ class TrainingMixin:
         import lightning.pytorch as pl
 
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
+        if early_stopping and train_size >= 1.0 and not validation_size:
+            raise ValueError(
+                "`early_stopping=True` needs held-out cells to monitor: pass `train_size` < 1 "
+                "(e.g. 0.9)."
+            )
         self._check_real_cells("`train`")
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
