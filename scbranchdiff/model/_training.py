@@ -39,7 +39,7 @@ class TrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         seed: int = 0,
-        train_size: float = 1.0,
+        train_size: float | None = 1.0,
         validation_size: float | None = None,
         early_stopping: bool = False,
         latent_kwargs: dict | None = None,
@@ -112,6 +112,9 @@ class TrainingMixin:
         import lightning.pytorch as pl
 
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
+        train_size = 1.0 if train_size is None else train_size
+        if isinstance(train_size, bool) or not isinstance(train_size, int | float) or not 0 < train_size <= 1:
+            raise ValueError(f"`train_size` must lie in (0, 1], got {train_size!r}.")
         if early_stopping and train_size >= 1.0 and not validation_size:
             raise ValueError(
                 "`early_stopping=True` needs held-out cells to monitor: pass `train_size` < 1 "
