@@ -478,7 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("adata", help=".h5ad with the model's genes (e.g. the training data)")
     gen.add_argument("out", help="output .h5ad")
     gen.add_argument("--n-cells", default="200", help="cells per type, or 'type=n,type=n'")
-    gen.add_argument("--sampler", default="sde", choices=["sde", "ode"], help="reverse SDE or probability-flow ODE")
+    gen.add_argument(
+        "--sampler", default="sde", choices=["sde", "ancestral", "ode"],
+        help="reverse SDE (Euler-Maruyama), ancestral (few-step posterior sampling) or probability-flow ODE",
+    )
     gen.add_argument("--n-steps", type=_positive_int, default=None, help="steps from t = 1 to 0 (None: 200 sde, 100 ode)")
     gen.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     gen.add_argument("--batch-size", type=_positive_int, default=10_000, help="cells per type in one chunk (peak memory)")
@@ -500,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--target", required=True, help="cell type to turn the cells into")
     tra.add_argument("--source-types", default=None, help="comma-separated types to transmute (None: every cell)")
     tra.add_argument(
-        "--sampler", "--method", dest="sampler", default="ode", choices=["ode", "sde"],
+        "--sampler", "--method", dest="sampler", default="ode", choices=["ode", "sde", "ancestral"],
         help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
     )
     tra.add_argument("--t", type=_noise_time, default=None, help="noise time in (0, 1] (None: each type's split time)")

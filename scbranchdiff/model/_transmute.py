@@ -74,10 +74,11 @@ class TransmutationMixin:
             "ode" (default): deterministic; the cell is encoded up the probability-flow ODE of
             its own type's path to ``t_split`` and decoded down `target`'s path. "sde": the
             paper's version; the cell is noised to ``t_split`` with the forward kernel
-            ``x_t = a(t) x_0 + s(t) z`` and the reverse SDE is integrated down `target`'s path.
-            See Notes for which to use.
+            ``x_t = a(t) x_0 + s(t) z`` and the reverse SDE is integrated down `target`'s path
+            ("ancestral": the same forward noising, then ancestral steps). See Notes for which
+            to use.
         n_steps
-            Steps of a full path from t = 1 to 0 (default 100 for "ode", 200 for "sde"); a path
+            Steps of a full path from t = 1 to 0 (the defaults of :meth:`generate`); a path
             from ``t_split`` takes that fraction of them.
         seed
             Seed of the forward noise and the reverse SDE ("sde"); "ode" is deterministic.
@@ -297,9 +298,9 @@ class TransmutationMixin:
             Time of the intermediate states, between the split time of `cell_types` (the
             default) and 1.
         sampler
-            "sde" (default) or "ode"; see :meth:`generate`.
+            "sde" (default), "ancestral" or "ode"; see :meth:`generate`.
         n_steps
-            Steps of a full path from t = 1 to 0 (default 500 for "sde", 100 for "ode").
+            Steps of a full path from t = 1 to 0 (the defaults of :meth:`generate`).
         seed
             Seed. The leaf cells equal ``generate({type: n_cells for type in cell_types},
             seed=seed)`` with the same `sampler` and `n_steps`. None draws one.
