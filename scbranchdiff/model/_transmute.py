@@ -20,7 +20,7 @@ from anndata import AnnData
 
 from .._checks import check_positive_int, check_time, gene_indexer
 from ..diffusion import SAMPLERS
-from ._generation import _resolve_seed, cells_bar, plain_strings
+from ._generation import DEFAULT_SAMPLER, _resolve_seed, cells_bar, plain_strings
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -276,7 +276,7 @@ class TransmutationMixin:
         n_cells: int = 100,
         *,
         t: float | None = None,
-        sampler: str = "sde",
+        sampler: str = DEFAULT_SAMPLER,
         n_steps: int | None = None,
         seed: int | None = 0,
         progress_bar: bool | None = None,
@@ -298,7 +298,7 @@ class TransmutationMixin:
             Time of the intermediate states, between the split time of `cell_types` (the
             default) and 1.
         sampler
-            "sde" (default), "ancestral" or "ode"; see :meth:`generate`.
+            "ancestral" (default), "sde" or "ode"; see :meth:`generate`.
         n_steps
             Steps of a full path from t = 1 to 0 (the defaults of :meth:`generate`).
         seed
