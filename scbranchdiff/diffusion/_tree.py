@@ -133,6 +133,10 @@ class TreeSampler:
         below the branch (the children's start) or at t_min for a leaf.
         """
         b = self.hierarchy.branches[branch]
+        if t_from < b.t_start - 1e-12:
+            # the states are already below this branch (it is shorter than a grid step): a
+            # step belongs to the branch holding its start time, so this one takes none
+            return [t_from], len(self.grid) - 1
         below = np.nonzero(self.grid < t_from - 1e-12)[0]
         if len(below) == 0:
             return [t_from], len(self.grid) - 1
