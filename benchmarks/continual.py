@@ -99,7 +99,7 @@ def finetune_flat(model: BranchedDiffusion, cells, max_epochs: int, seed: int = 
 
 
 def score(model, heldout, types, n_steps, seed=0):
-    gen = model.generate({c: 200 for c in types}, seed=seed, n_steps=n_steps)
+    gen = model.generate({c: 200 for c in types}, sampler="sde", seed=seed, n_steps=n_steps)
     real = heldout[heldout.obs["cell_type"].isin(types).to_numpy()].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -140,7 +140,7 @@ def main() -> None:
         hierarchy = "auto" if kind == "branched" else "flat"
         base = new_model(old, latent, hierarchy, args.width)
         t_base = timed(lambda m=base: m.train(epochs_for(full_steps, old.n_obs), seed=args.seed, **QUIET))
-        reference = base.generate({c: 200 for c in old_types}, seed=1, n_steps=args.n_steps)
+        reference = base.generate({c: 200 for c in old_types}, sampler="sde", seed=1, n_steps=args.n_steps)
         record(f"{kind}, base (6 types)", base, t_base)
         epochs_add = epochs_for(add_steps, new.n_obs)
         if kind == "branched":
@@ -149,7 +149,7 @@ def main() -> None:
         else:
             t_add = timed(lambda m=base, e=epochs_add: finetune_flat(m, new, e, seed=args.seed))
             name = "flat, fine-tuned on new only"
-        after = base.generate({c: 200 for c in old_types}, seed=1, n_steps=args.n_steps)
+        after = base.generate({c: 200 for c in old_types}, sampler="sde", seed=1, n_steps=args.n_steps)
         same = bool(np.array_equal(reference.obsm["X_latent"], after.obsm["X_latent"]))
         record(name, base, t_add, old_samples_identical=same)
         full = new_model(train, latent, hierarchy, args.width)

@@ -93,7 +93,7 @@ def measure(adata, types, hierarchy, args) -> dict:
     per_type = max(1, adata.n_obs // len(types))
     n_gen = per_type * len(types)
     # generation beyond --gen-max-cells is not timed (see benchmarks/streaming.py for 1M cells)
-    gen = (_time(lambda: model.generate(per_type, n_steps=args.gen_steps, seed=args.seed))
+    gen = (_time(lambda: model.generate(per_type, sampler="sde", n_steps=args.gen_steps, seed=args.seed))
            if n_gen <= args.gen_max_cells else np.nan)
     return {
         "cells": adata.n_obs, "types": len(types), "model": "flat" if hierarchy == "flat" else "branched",

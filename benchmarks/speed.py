@@ -203,9 +203,9 @@ def main(argv=None) -> None:
 
     # 3. shared prefix -----------------------------------------------------------------------------
     branched = gen_models["branched"]
-    s_all, _, _ = measure(lambda: branched.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed))
-    s_one, _, _ = measure(lambda: [branched.generate({c: args.gen_cells}, n_steps=sde_steps, seed=args.seed) for c in classes])
-    s_flat_one, _, _ = measure(lambda: [gen_models["flat"].generate({c: args.gen_cells}, n_steps=sde_steps, seed=args.seed)
+    s_all, _, _ = measure(lambda: branched.generate(args.gen_cells, sampler="sde", n_steps=sde_steps, seed=args.seed))
+    s_one, _, _ = measure(lambda: [branched.generate({c: args.gen_cells}, sampler="sde", n_steps=sde_steps, seed=args.seed) for c in classes])
+    s_flat_one, _, _ = measure(lambda: [gen_models["flat"].generate({c: args.gen_cells}, sampler="sde", n_steps=sde_steps, seed=args.seed)
                                         for c in classes]) if not args.quick else (np.nan, 0, None)
     sections["prefix"] = pd.DataFrame({
         "seconds": [s_all, s_one, s_flat_one, s_one / s_all],
@@ -233,12 +233,12 @@ def main(argv=None) -> None:
     old_types = list(old_cells.obs["cell_type"].cat.categories)
     base = new_model(old_cells, latent, "auto")
     t_base, _, _ = measure(lambda: base.train(max_epochs=epochs_for(args.model_steps, old_cells.n_obs), **trainer))
-    before = latent_auc(base, base.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed), test)
+    before = latent_auc(base, base.generate(args.gen_cells, sampler="sde", n_steps=sde_steps, seed=args.seed), test)
     add_steps = max(1, args.model_steps // 4)  # as the package defaults: 2,000 added vs 8,000 full steps
     t_add, m_add, _ = measure(lambda: base.add_cell_types(new_cells, epochs_for(add_steps, new_cells.n_obs), **trainer))
-    after = latent_auc(base, base.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed), test)
+    after = latent_auc(base, base.generate(args.gen_cells, sampler="sde", n_steps=sde_steps, seed=args.seed), test)
     retrained = gen_models["branched"]  # trained from scratch on all 8 types, same budget as the base
-    full = latent_auc(retrained, retrained.generate(args.gen_cells, n_steps=sde_steps, seed=args.seed), test)
+    full = latent_auc(retrained, retrained.generate(args.gen_cells, sampler="sde", n_steps=sde_steps, seed=args.seed), test)
     sections["continual"] = pd.DataFrame({
         "train_s": [t_base, t_add, fit_s["branched"]],
         "time_vs_retrain": [t_base / fit_s["branched"], t_add / fit_s["branched"], 1.0],
