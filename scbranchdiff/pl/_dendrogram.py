@@ -17,8 +17,8 @@ from matplotlib.path import Path
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Affine2D, Bbox, ScaledTranslation
 
-from ..hierarchy import SCALES, Hierarchy, log_snr
-from ..hierarchy._scale import leaf_time
+from ..hierarchy import Hierarchy, log_snr
+from ..hierarchy._scale import check_scale, leaf_time
 from ._colours import Palette, type_colours
 from ._figure import Save, finish_figure
 
@@ -185,13 +185,7 @@ def hierarchy(
     tree, adata, labels_key, sde = _resolve_inputs(model_or_hierarchy, adata, labels_key, sde)
     if scale is None:
         scale = "t" if sde is None else "log_snr"
-    if scale not in SCALES:
-        raise ValueError(f"`scale` must be one of {SCALES}, got {scale!r}.")
-    if scale == "log_snr" and sde is None:
-        raise ValueError(
-            "`scale='log_snr'` needs the SDE of the hierarchy's times: pass `sde=` (e.g. "
-            "`scbranchdiff.diffusion.VPSDE()`) or a trained model."
-        )
+    check_scale(scale, sde)
     if rare_threshold < 0:
         raise ValueError(f"`rare_threshold` must be non-negative, got {rare_threshold}.")
     layout = dendrogram_layout(tree)
