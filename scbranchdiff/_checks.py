@@ -297,6 +297,20 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return int(seed)
 
 
+def check_training_arguments(
+    max_epochs: int | None, batch_size: int, lr: float, ema_decay: float, seed: int
+) -> None:
+    """Raise, naming the argument, for a bad training setting (before any work is done)."""
+    if max_epochs is not None:
+        check_positive_int("max_epochs", max_epochs)
+    check_positive_int("batch_size", batch_size)
+    check_seed(seed)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, int | float) or not 0 <= ema_decay < 1:
+        raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}.")
+
+
 def check_time(t: Any, name: str = "t") -> float:
     """`t` as a float; raises unless it is a number in (0, 1]."""
     if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating):

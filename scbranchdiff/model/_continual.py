@@ -32,11 +32,10 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from .._checks import check_labels
+from .._checks import check_labels, check_training_arguments
 from ..hierarchy import Hierarchy, insert_classes
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
-from ._training import check_training_arguments
 
 logger = logging.getLogger(__name__)
 

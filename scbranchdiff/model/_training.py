@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_positive_int, check_seed, warn_small_types
+from .._checks import check_training_arguments, warn_small_types
 from ..hierarchy import Hierarchy, discover_hierarchy, fit_split_times
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
@@ -232,17 +232,3 @@ def _one_device(devices: Any) -> Any:
     if isinstance(devices, int) and not isinstance(devices, bool) and (devices > 1 or devices == -1):
         return 1
     return devices
-
-
-def check_training_arguments(
-    max_epochs: int | None, batch_size: int, lr: float, ema_decay: float, seed: int
-) -> None:
-    """Raise, naming the argument, for a bad training setting (before any work is done)."""
-    if max_epochs is not None:
-        check_positive_int("max_epochs", max_epochs)
-    check_positive_int("batch_size", batch_size)
-    check_seed(seed)
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
-    if isinstance(ema_decay, bool) or not isinstance(ema_decay, int | float) or not 0 <= ema_decay < 1:
-        raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}.")
