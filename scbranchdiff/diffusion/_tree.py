@@ -24,7 +24,7 @@ from ._noise import NoiseStreams
 from ._samplers import EpsFn, ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
 
-# eps_model(x, t, branch, cell_type) -> predicted noise; t has one entry per row
+# eps_model(x, t, branch, cell_type) -> predicted noise; t is 0-d: one time for every row
 EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
 SAMPLERS = ("sde", "ode", "ancestral")
@@ -184,8 +184,8 @@ class TreeSampler:
         """The network's noise prediction with one branch's head, as a function of (x, t)."""
 
         def eps_fn(x: torch.Tensor, t: float) -> torch.Tensor:
-            tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-            return self.eps_model(x, tt, branch, labels)
+            # one 0-d time for all rows: the network embeds it once (not once per row)
+            return self.eps_model(x, torch.tensor(t, dtype=x.dtype, device=x.device), branch, labels)
 
         return eps_fn
 

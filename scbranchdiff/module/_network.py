@@ -184,12 +184,15 @@ class BranchedScoreNetwork(nn.Module):
         x
             Noised latents, shape (n, n_latent).
         t
-            Times, shape (n,).
+            Times, shape (n,), or one time for every sample (a 0-d tensor, as in sampling: the
+            time embedding is then computed once and broadcast).
         branch
             Branch index per sample, shape (n,), or one int for the whole batch (sampling).
         cell_type
             Class index per sample; used only by the class-conditional (flat) network.
         """
+        if t.dim() == 0:  # one time for the whole batch: embed it once
+            t = t.reshape(1)
         emb = self.embed(t, cell_type)
         h = self.input(x)
         for block in self.trunk:
