@@ -39,8 +39,8 @@ from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_step
 
 logger = logging.getLogger(__name__)
 
-# Default budget of an addition, in optimiser steps (a full training takes 8000).
-DEFAULT_CONTINUAL_STEPS = 2000
+# Default budget of an addition, in optimiser steps (a full training takes DEFAULT_TRAIN_STEPS).
+DEFAULT_CONTINUAL_STEPS = 400
 # discovery_kwargs that insert_classes does not take (fit_split_times' reduction)
 _NOT_FOR_INSERT = ("reduce",)
 
@@ -82,7 +82,7 @@ class ContinualLearningMixin:
             ``obs[labels_key]`` (and batches in ``obs[batch_key]``, of known batches). Cells of
             types the model knows are ignored: their branches are frozen. Not modified.
         max_epochs
-            Passes over the new cells. Default: enough for about 2,000 optimiser steps (at
+            Passes over the new cells. Default: enough for about 400 optimiser steps (at
             least 20 epochs).
         cell_types
             Which types of `adata_new` to add (appended in this order). Default: every type

@@ -17,8 +17,10 @@ from ..hierarchy import Hierarchy, discover_hierarchy, fit_split_times
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
 
-# Default training budget, in optimiser steps (see docs: measured on pbmc68k and pbmc_facs).
-DEFAULT_TRAIN_STEPS = 8000
+# Default budget of the diffusion stage, in optimiser steps, and the fewest epochs (large data):
+# 800 steps reach the held-out quality of the 8,000 of version 0.2 (benchmarks/defaults.py).
+DEFAULT_TRAIN_STEPS = 800
+DEFAULT_MIN_EPOCHS = 20
 # What a failed training call puts back (with the network's weights).
 _TRAINED_STATE = (
     "module", "hierarchy_", "latent_mean_", "latent_scale_", "is_trained_", "history_", "trainer",
@@ -53,9 +55,11 @@ class TrainingMixin:
         ----------
         max_epochs
             Passes over the cells for the diffusion stage. Default: enough epochs for about
-            8,000 optimiser steps (at least 50 epochs).
+            800 optimiser steps (``DEFAULT_TRAIN_STEPS``), at least 20 epochs.
         latent_max_epochs
-            Epochs of the internal scVI (default: scvi-tools' heuristic).
+            Epochs of the internal scVI (default:
+            :func:`~scbranchdiff.latent.default_scvi_epochs`, a quarter of scvi-tools'
+            heuristic, at 4x its learning rate).
         batch_size
             Minibatch size of the diffusion stage.
         lr
@@ -172,7 +176,7 @@ class TrainingMixin:
                     **self.network_config,
                 )
             if max_epochs is None:
-                max_epochs = epochs_for_steps(len(z), batch_size, DEFAULT_TRAIN_STEPS, min_epochs=50)
+                max_epochs = epochs_for_steps(len(z), batch_size, DEFAULT_TRAIN_STEPS, DEFAULT_MIN_EPOCHS)
             plan = DiffusionTrainingPlan(
                 self.module, self.hierarchy_, self.sde, lr=lr, ema_decay=ema_decay, **(plan_kwargs or {})
             )
