@@ -178,6 +178,11 @@ def test_demo_runs_in_small_settings(tmp_path, capsys):
         assert (out / name).exists(), name
     assert ad.read_h5ad(out / "generated.h5ad").n_obs == 10 * 10
     assert (out / "generated_vs_real.png").stat().st_size > 10_000
+    # trained on 80% of each type; the printed check scores against the other 20%
+    printed = capsys.readouterr().out
+    assert "Trained on 558 cells" in printed
+    assert "Held-out check (142 real cells never trained on, 10 types)" in printed
+    assert re.search(r"ratio \d\.\d\d", printed) and re.search(r"types with >= 10 held-out cells: 0\.\d\d", printed)
 
 
 def test_version_flag_prints_the_version(capsys):
