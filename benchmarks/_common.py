@@ -61,6 +61,23 @@ def simulated(quick: bool = False, seed: int = 0):
     return adata, "cell_type"
 
 
+# an 11-type tree for the cost measurements of the issue "fast by default" (11 types x 200 cells)
+ELEVEN_TYPES = {
+    "lymphoid": {"T": ["T_CD4", "T_CD8", "T_reg"], "NK_B": ["NK", "B"]},
+    "myeloid": {"mono": ["mono_classical", "mono_nonclassical"], "DC": ["DC_conventional", "DC_plasmacytoid"]},
+    "progenitor": ["HSC", "erythroid"],
+}
+
+
+def simulated_eleven(n_per_type: int, n_genes: int = 500, seed: int = 0):
+    """Counts (X and ``layers["counts"]``) of `n_per_type` cells of each of the 11 types of ELEVEN_TYPES."""
+    import scbranchdiff as sbd
+
+    adata, _ = sbd.data.simulate_hierarchy(tree=ELEVEN_TYPES, n_cells_per_type=n_per_type, n_genes=n_genes, seed=seed)
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
 def _leaves(tree) -> list[str]:
     if isinstance(tree, dict):
         return [leaf for sub in tree.values() for leaf in (_leaves(sub) if sub is not None else [])] or list(tree)
@@ -148,6 +165,50 @@ class PeakMemory:
         self._thread.join()
         self._peak = max(self._peak, self._proc.memory_info().rss)
         self.peak_mb = (self._peak - self._start) / 2**20
+
+
+def bare_step_seconds(device: str = "cpu", n_steps: int = 100, repeats: int = 3) -> float:
+    """Seconds of one *bare step*: the machine-independent unit of cost of these benchmarks.
+
+    One bare step = forward + backward + AdamW of a plain residual MLP (10 -> 256, three
+    residual blocks of two 256 x 256 layers with SiLU, 256 -> 10) on a 256 x 10 batch, MSE
+    loss, no Lightning. Timed in the calling process (best of `repeats` runs of `n_steps`
+    steps after a warm-up), so that a cost divided by it compares runs on different machines
+    or under different loads.
+    """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.net(x)
+
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 256), *[Block(256) for _ in range(3)], nn.Linear(256, 10)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(256, 10, generator=gen).to(device)
+    y = torch.randn(256, 10, generator=gen).to(device)
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            loss = ((net(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run(10)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(n_steps)
+        best = min(best, (time.perf_counter() - start) / n_steps)
+    return float(best)
 
 
 # ---------------------------------------------------------------------------- scores

@@ -55,12 +55,15 @@ def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
 
     speed.main(["--quick"])
     out = capsys.readouterr().out
-    for section in ("train", "generate", "prefix", "samplers", "continual"):
+    for section in ("train", "generate", "prefix", "samplers", "continual", "counts"):
         assert f"## {section}" in out
     train_header, *train_rows = _table(out, "train")
-    assert train_header == ["heads", "train_cells_per_s", "bare_step_cells_per_s", "peak_mem_mb"]
+    assert train_header == ["heads", "train_cells_per_s", "bare_step_cells_per_s", "ms_per_step", "loop_overhead",
+                            "unit_bare_steps_per_step", "peak_mem_mb"]
     assert [r[0] for r in train_rows] == ["branched", "flat", "branched / flat"]
     assert "speed-up of shared prefixes" in out
+    # the unit of cost: one bare step of the plain MLP takes milliseconds, not seconds
+    assert 1e-5 < common.bare_step_seconds(n_steps=5, repeats=1) < 1.0
 
     # results go between markers; other sections of the page are kept
     page = tmp_path / "benchmarks.md"
