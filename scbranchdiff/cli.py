@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", help="output folder")
     demo.add_argument("--n-cells", type=_positive_int, default=200, help="generated cells per type")
     demo.add_argument("--max-epochs", type=_positive_int, default=None, help="diffusion epochs (None: the model's default, about 800 steps)")
-    demo.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: a quarter of scvi-tools' heuristic)")
+    demo.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
     demo.add_argument("--n-steps", type=_positive_int, default=None, help="sampler steps from t = 1 to 0 (None: 50 for the default ancestral sampler)")
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of training and generation")
     demo.add_argument(
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--n-hidden", type=_positive_int, default=256, help="width of the score network")
     train.add_argument("--max-epochs", type=_positive_int, default=None, help="diffusion epochs (None: about 800 steps)")
-    train.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: a quarter of scvi-tools' heuristic)")
+    train.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
     train.add_argument("--batch-size", type=_positive_int, default=256, help="minibatch size of the diffusion")
     train.add_argument(
         "--accelerator", default="auto", choices=ACCELERATORS,

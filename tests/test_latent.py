@@ -39,26 +39,3 @@ def test_scvi_split_keeps_scvi_tools_sizes_and_a_given_split():
     given = [np.arange(90), np.arange(90, 100)]
     kept = _seeded_split(100, 0, {"datasplitter_kwargs": {"external_indexing": given}})
     assert kept["datasplitter_kwargs"]["external_indexing"] is given
-
-
-def test_default_scvi_epochs_are_a_quarter_of_scvi_tools_heuristic():
-    # scvi-tools: min(400, 400 * 20,000 / n_cells) epochs at lr 1e-3
-    assert [sbd.latent.default_scvi_epochs(n) for n in (700, 20_000, 80_000, 10_000_000)] == [100, 100, 25, 1]
-
-
-def test_internal_scvi_trains_at_the_package_rate_with_its_kl_warm_up_over_all_epochs():
-    from scbranchdiff.latent._scvi import DEFAULT_SCVI_LR
-
-    adata = sbd.data.pbmc68k()[:240].copy()
-    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
-    backend = sbd.latent.SCVILatent(n_latent=5)
-    backend.fit(adata, labels, layer="counts", **FAST)  # default epochs for 240 cells
-    plan = backend.model.trainer.lightning_module
-    assert len(backend.model.history["elbo_train"]) == sbd.latent.default_scvi_epochs(240)
-    assert plan.lr == DEFAULT_SCVI_LR == 4e-3
-    assert plan.n_epochs_kl_warmup == sbd.latent.default_scvi_epochs(240)
-    assert plan.kl_weight == 1.0  # full KL weight by the last epoch, as in scvi-tools' own run
-    # what the user passes wins, and the warm-up follows the given epochs
-    backend.fit(adata, labels, layer="counts", max_epochs=3, plan_kwargs={"lr": 1e-3}, **FAST)
-    plan = backend.model.trainer.lightning_module
-    assert (plan.lr, plan.n_epochs_kl_warmup, len(backend.model.history["elbo_train"])) == (1e-3, 3, 3)

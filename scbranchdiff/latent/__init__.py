@@ -3,7 +3,7 @@
 from ._base import DecodedCells, LatentBackend
 from ._factory import BACKENDS, make_backend
 from ._pca import ObsmLatent, PCALatent
-from ._scvi import SCVILatent, default_scvi_epochs
+from ._scvi import SCVILatent
 
 __all__ = [
     "BACKENDS",
@@ -12,6 +12,5 @@ __all__ = [
     "ObsmLatent",
     "PCALatent",
     "SCVILatent",
-    "default_scvi_epochs",
     "make_backend",
 ]

@@ -17,27 +17,6 @@ from .._checks import check_counts
 from ._base import DecodedCells, LatentBackend
 
 _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
-# Training of the internal scVI (measured in benchmarks/defaults.py): at 4x scvi-tools' learning
-# rate of 1e-3, a quarter of its 400-epoch default reaches about the same held-out
-# reconstruction; the KL warm-up ends with the last epoch, as it does in scvi-tools' default run.
-DEFAULT_SCVI_LR = 4e-3
-DEFAULT_SCVI_EPOCH_SHARE = 0.25
-
-
-def default_scvi_epochs(n_cells: int) -> int:
-    """Epochs of the internal scVI when none are given: a quarter of scvi-tools' heuristic.
-
-    scvi-tools trains ``min(400, 400 * 20,000 / n_cells)`` epochs at learning rate 1e-3; the
-    package trains a quarter as many (at least one) at 4e-3 (see :meth:`SCVILatent.fit`).
-
-    Examples
-    --------
-    >>> from scbranchdiff.latent import default_scvi_epochs
-    >>> default_scvi_epochs(2_000), default_scvi_epochs(200_000)
-    (100, 10)
-    """
-    heuristic = min(400.0, 400.0 * 20_000 / max(int(n_cells), 1))
-    return max(1, int(round(DEFAULT_SCVI_EPOCH_SHARE * heuristic)))
 
 
 def counts_matrix(adata: AnnData, layer: str | None) -> Any:
@@ -144,12 +123,7 @@ class SCVILatent(LatentBackend):
         batch_size: int = 128,
         **train_kwargs: Any,
     ) -> None:
-        """Train the internal SCVI (unless one was given) and record library sizes per type.
-
-        `max_epochs` None trains :func:`default_scvi_epochs` epochs. Unless `train_kwargs`
-        has ``plan_kwargs`` saying otherwise, the learning rate is ``DEFAULT_SCVI_LR`` (4e-3)
-        and the KL warm-up lasts all epochs (at most scvi-tools' 400).
-        """
+        """Train the internal SCVI (unless one was given) and record library sizes per type."""
         import scvi
 
         if not self.external:
@@ -157,14 +131,6 @@ class SCVILatent(LatentBackend):
             minimal = self._scvi_adata(adata, layer, batch_key)
             scvi.model.SCVI.setup_anndata(minimal, batch_key=batch_key)
             self.model = scvi.model.SCVI(minimal, n_latent=self._n_latent, **self.scvi_kwargs)
-            if max_epochs is None:
-                max_epochs = default_scvi_epochs(minimal.n_obs)
-            train_kwargs = dict(train_kwargs)
-            train_kwargs["plan_kwargs"] = {
-                "lr": DEFAULT_SCVI_LR,
-                "n_epochs_kl_warmup": min(400, int(max_epochs)),
-                **(train_kwargs.get("plan_kwargs") or {}),
-            }
             self.model.train(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
