@@ -10,7 +10,7 @@ Sections (every time from this one run, on the device given by ``--accelerator``
 3. ``generate``: cells/s of the default ``generate`` (decoded to counts) for 10,000 cells per
    type.
 
-Data: counts simulated from a tree of 11 types; sections 1 uses a 10-dimensional PCA latent
+Data: counts simulated from a tree of 11 types; section 1 uses a 10-dimensional PCA latent
 (so only the diffusion is timed). Run on a GPU machine:
 ``python benchmarks/gpu.py --accelerator gpu --write-docs``; ``--accelerator cpu --quick`` is a
 smoke test.
