@@ -137,6 +137,27 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def timed_train(model, **train_kwargs) -> tuple[float, float]:
+    """(seconds of ``model.train(**train_kwargs)``, seconds of its latent stage within them).
+
+    The latent backend's ``fit`` is wrapped for the call only (instrumentation: it still runs).
+    """
+    backend = model.latent_backend
+    fit, latent_s = backend.fit, [0.0]
+
+    def timed_fit(*args, **kwargs):
+        start = time.perf_counter()
+        fit(*args, **kwargs)
+        latent_s[0] = time.perf_counter() - start
+
+    backend.fit = timed_fit
+    try:
+        seconds, _ = timed(lambda: model.train(**train_kwargs))
+    finally:
+        backend.fit = fit
+    return seconds, latent_s[0]
+
+
 class PeakMemory:
     """Peak resident memory of this process above its level at entry (sampled every 5 ms)."""
 

@@ -45,6 +45,7 @@ from _common import (
     per_type_auc,
     single_thread,
     stratified_split,
+    timed_train,
     write_section,
 )
 
@@ -79,28 +80,26 @@ def reconstruction(backend, adata) -> float:
     return float(backend.model.get_reconstruction_error(counts)["reconstruction_loss"])
 
 
-def run_one(name: str, version: str, train, test, key: str, seed: int, bare_s: float) -> dict:
-    import scbranchdiff as sbd
+def held_out_reference(train, test, key: str, seed: int) -> dict:
+    """What every version is compared with on one split: computed once per seed."""
     from scbranchdiff.metrics import fit_expression_pca, label_transfer_accuracy
+
+    space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=seed)
+    return {"space": space, "pcs": space.transform(test),
+            "accuracy": label_transfer_accuracy(train, test, key, layer="counts", is_counts=True, seed=seed)}
+
+
+def run_one(version: str, train, test, key: str, seed: int, bare_s: float, reference: dict) -> dict:
+    import scbranchdiff as sbd
+    from scbranchdiff.metrics import label_transfer_accuracy
 
     data = train.copy()
     sbd.model.BranchedDiffusion.setup_anndata(data, labels_key=key, layer="counts")
     model = sbd.model.BranchedDiffusion(data)
     settings = old_settings(data.n_obs) if version == "old" else {}
     backend = model.latent_backend
-    fit, latent_s = backend.fit, []
-
-    def timed_fit(*args, **kwargs):  # instrumentation only: time the latent stage of train()
-        start = time.perf_counter()
-        fit(*args, **kwargs)
-        latent_s.append(time.perf_counter() - start)
-
-    backend.fit = timed_fit
-    start = time.perf_counter()
-    model.train(seed=seed, accelerator="cpu", devices=1, **settings, **QUIET)
-    train_s = time.perf_counter() - start
-    backend.fit = fit
-    types = [t for t in data.obs[key].cat.categories]
+    train_s, latent_s = timed_train(model, seed=seed, accelerator="cpu", devices=1, **settings, **QUIET)
+    types = list(data.obs[key].cat.categories)
     counts = test.obs[key].astype(str).value_counts().reindex(types).dropna().astype(int)
     counts = {t: int(n) for t, n in counts.items() if n > 0}
     sampler = OLD_SAMPLER if version == "old" else {}
@@ -112,16 +111,15 @@ def run_one(name: str, version: str, train, test, key: str, seed: int, bare_s: f
     big = [t for t in counts if counts[t] >= MIN_AUC_CELLS]
     z_test = model.get_latent_representation(test)
     auc_lat = per_type_auc(z_test, test_labels, gen.obsm["X_latent"], gen.obs[key], big, seed)
-    space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=seed)
-    auc_pca = per_type_auc(space.transform(test), test_labels, space.transform(gen), gen.obs[key], big, seed)
-    acc_real = label_transfer_accuracy(train, test, key, layer="counts", is_counts=True, seed=seed)
+    space, acc_real = reference["space"], reference["accuracy"]
+    auc_pca = per_type_auc(reference["pcs"], test_labels, space.transform(gen), gen.obs[key], big, seed)
     acc_gen = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
     shared = acc_real.index.intersection(acc_gen.index)
     return {
         "auc_latent": float(auc_lat.mean()), "auc_pca": float(auc_pca.mean()),
         "label_ratio": float(acc_gen[shared].mean() / acc_real[shared].mean()),
         "recon": reconstruction(backend, test),
-        "train": train_s / bare_s, "latent": latent_s[0] / bare_s, "diffusion": (train_s - latent_s[0]) / bare_s,
+        "train": train_s / bare_s, "latent": latent_s / bare_s, "diffusion": (train_s - latent_s) / bare_s,
         "generate": gen_s / bare_s, "train_s": train_s,
         "scvi_epochs": int(backend.model.history["elbo_train"].shape[0]),
         "diffusion_epochs": int(model.train_settings_["max_epochs"]),
@@ -170,12 +168,13 @@ def main(argv=None) -> None:
             for seed in args.seeds:
                 held = stratified_split(adata.obs[key], HELD_OUT, seed)
                 train, test = adata[~held].copy(), adata[held].copy()
+                reference = held_out_reference(train, test, key, seed)
                 for version in args.versions:  # interleaved, so both see the same load
                     bare_s = bare_step_seconds()
                     row = {"dataset": name, "seed": seed, "version": version, "bare_step_ms": 1000 * bare_s,
                            "n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_types": adata.obs[key].nunique(),
                            "n_train": train.n_obs, "n_held_out": test.n_obs,
-                           **run_one(name, version, train, test, key, seed, bare_s)}
+                           **run_one(version, train, test, key, seed, bare_s, reference)}
                     raw.append(row)
                     print(pd.Series(row).to_dict(), flush=True)
                     if args.raw:  # as they come: a long run stopped early keeps what it measured
