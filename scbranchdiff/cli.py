@@ -213,7 +213,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     adata = sbd.data.pbmc68k()
     # a fifth of every type is held out, never trained on: the printed summary compares with it
-    train, held_out = _split_held_out(adata, "bulk_labels", DEMO_HELD_OUT, args.seed)
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    train_rows, held_rows = sbd.train.stratified_split(labels, 1 - DEMO_HELD_OUT, None, args.seed)
+    train, held_out = adata[train_rows].copy(), adata[held_rows].copy()
     sbd.model.BranchedDiffusion.setup_anndata(train, labels_key="bulk_labels", layer="counts")
     model = sbd.model.BranchedDiffusion(train)
     start = time.perf_counter()
@@ -247,19 +249,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 DEMO_HELD_OUT = 0.2  # share of every cell type the demo keeps out of training
 _MIN_AUC_CELLS = 10  # held-out cells a type needs for its two-sample AUC in the summary
-
-
-def _split_held_out(adata: Any, labels_key: str, share: float, seed: int) -> tuple[Any, Any]:
-    """(training cells, held-out cells): ``round(share * n)`` cells of every type held out."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    labels = adata.obs[labels_key].astype(str).to_numpy()
-    held = np.zeros(adata.n_obs, dtype=bool)
-    for label in np.unique(labels):
-        cells = np.flatnonzero(labels == label)
-        held[rng.choice(cells, size=int(round(share * len(cells))), replace=False)] = True
-    return adata[~held].copy(), adata[held].copy()
 
 
 def _held_out_summary(model: Any, train: Any, held_out: Any, generated: Any, labels_key: str, seed: int) -> str:
