@@ -21,7 +21,6 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/unseen_types.py --datasets pbmc68k pa
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
@@ -34,6 +33,7 @@ from _common import (
     markdown,
     single_thread,
     stratified_split,
+    timed,
     write_section,
 )
 
@@ -51,14 +51,10 @@ def leave_one_out(adata, key: str, left_out: str, seed: int) -> dict:
     old.obs[key] = old.obs[key].astype(str).astype("category")
     sbd.model.BranchedDiffusion.setup_anndata(old, labels_key=key, layer="counts")
     model = sbd.model.BranchedDiffusion(old)
-    start = time.perf_counter()
-    model.train(seed=seed, accelerator="cpu", devices=1, **QUIET)
-    base_s = time.perf_counter() - start
+    base_s, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
     old_types = list(model.classes)
     before = model.generate(50, seed=seed, progress_bar=False)
-    start = time.perf_counter()
-    model.add_cell_types(new, seed=seed, accelerator="cpu", devices=1, **QUIET)
-    add_s = time.perf_counter() - start
+    add_s, _ = timed(lambda: model.add_cell_types(new, seed=seed, accelerator="cpu", devices=1, **QUIET))
     after = model.generate({t: 50 for t in old_types}, seed=seed, progress_bar=False)
     identical = bool(np.array_equal(before.obsm["X_latent"], after.obsm["X_latent"])
                      and np.array_equal(_dense(before.X), _dense(after.X)))
