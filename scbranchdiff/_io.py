@@ -1274,9 +1274,10 @@ def _check_latent(
         raise _Corrupt("latent.config.n_latent", "missing")
     if _int(config["n_latent"], "latent.config.n_latent", minimum=1) != n_latent:
         raise _Corrupt("latent.config.n_latent", f"{config['n_latent']}, but the network takes {n_latent}")
-    names = sorted(k for k in tensors if k.startswith("latent."))
+    residual_names = _check_residuals(config, tensors, kind, classes, var_names)
+    names = sorted(k for k in tensors if k.startswith("latent.") and k not in residual_names)
     if kind == "pca":
-        _expect_keys(config, "latent.config", {"n_latent", "layer"})
+        _expect_keys(config, "latent.config", {"n_latent", "layer"} | ({"residual_types"} & set(config)))
         _str(config["layer"], "latent.config.layer", optional=True)
         _expect_tensors(names, {"latent.mean", "latent.components"})
         _check_n_genes(var_names, _shape(tensors, "latent.mean"), "latent.mean", axis=0)
@@ -1289,6 +1290,58 @@ def _check_latent(
         _expect_tensors(names, set())
     else:
         _check_scvi(config, tensors, n_latent, classes, var_names)
+
+
+def _check_residuals(
+    config: dict, tensors: Mapping[str, np.ndarray], kind: str, classes: list[str], var_names: list[str]
+) -> set[str]:
+    """Check the residual latents of added types (if any); return their tensor names."""
+    names: set[str] = set()
+    if "residual_types" in config:
+        names = _residual_tensors(config, tensors, kind, classes, var_names)
+    stray = sorted(k for k in tensors if k.startswith("latent.residual.") and k not in names)
+    if stray:
+        raise _Corrupt(stray[0], "is not a tensor of the model", TENSORS_FILE)
+    return names
+
+
+def _residual_tensors(
+    config: dict, tensors: Mapping[str, np.ndarray], kind: str, classes: list[str], var_names: list[str]
+) -> set[str]:
+    from .latent import CountResidual
+
+    if kind == "obsm":
+        raise _Corrupt("latent.config.residual_types", "given for an embedding, which does not decode")
+    types = _unique_strings(config["residual_types"], "latent.config.residual_types")
+    if not set(types) <= set(classes):
+        raise _Corrupt("latent.config.residual_types", "are not among the model's `classes`")
+    n_genes = len(var_names)
+    names: set[str] = set()
+    for i, cell_type in enumerate(types):
+        prefix = f"latent.residual.{i}."
+        found = {k[len(prefix):] for k in tensors if k.startswith(prefix)}
+        if kind == "pca":
+            n_dims = _dim(tensors, f"{prefix}components", 0) if f"{prefix}components" in tensors else 0
+            shapes = {"offset": (n_genes,), "components": (n_dims, n_genes), "std": (n_dims,)}
+        else:
+            hidden = _shape(tensors, f"{prefix}hidden.weight") if f"{prefix}hidden.weight" in tensors else (0, 0)
+            n_hidden, n_dims = hidden if len(hidden) == 2 else (0, 0)
+            shapes = CountResidual.shapes(n_genes, n_dims, n_hidden, "zi.weight" in found)
+            if n_hidden < 1 or n_dims < 1:
+                raise _Corrupt(f"{prefix}hidden.weight", f"of {cell_type!r}: missing or empty", TENSORS_FILE)
+            init = config.get("init_params")
+            zinb = (init.get("gene_likelihood", "zinb") if isinstance(init, dict) else "zinb") == "zinb"
+            if ("zi.weight" in found) != zinb:
+                raise _Corrupt(f"{prefix}zi.weight", f"of {cell_type!r}: {'given' if not zinb else 'missing'}, "
+                               "but the scVI likelihood is " + ("" if zinb else "not ") + "zero-inflated",
+                               TENSORS_FILE)
+        _expect_tensors(sorted(prefix + k for k in found), {prefix + k for k in shapes})
+        for k, shape in shapes.items():
+            if _shape(tensors, prefix + k) != shape:
+                raise _Corrupt(prefix + k, f"of {cell_type!r} has shape {_shape(tensors, prefix + k)}, "
+                               f"expected {shape}", TENSORS_FILE)
+        names |= {prefix + k for k in shapes}
+    return names
 
 
 def _expect_keys(mapping: Mapping, name: str, keys: set[str]) -> None:
@@ -1319,7 +1372,8 @@ _SCVI_FLAGS = ("use_observed_lib_size", "encode_covariates", "deeply_inject_cova
 def _check_scvi(
     config: dict, tensors: Mapping[str, np.ndarray], n_latent: int, classes: list[str], var_names: list[str]
 ) -> None:
-    _expect_keys(config, "latent.config", {"n_latent", "init_params", "setup_args", "batch_categories", "cell_types"})
+    _expect_keys(config, "latent.config", {"n_latent", "init_params", "setup_args", "batch_categories", "cell_types"}
+                 | ({"residual_types"} & set(config)))
     setup = _dict(config["setup_args"], "latent.config.setup_args")
     _expect_keys(setup, "latent.config.setup_args", {"layer", "batch_key"})
     _str(setup["layer"], "latent.config.setup_args.layer", optional=True)
@@ -1334,7 +1388,8 @@ def _check_scvi(
     cell_types = _unique_strings(config["cell_types"], "latent.config.cell_types")
     if set(cell_types) != set(classes):
         raise _Corrupt("latent.config.cell_types", "are not the model's `classes`")
-    names = sorted(k for k in tensors if k.startswith("latent.") and not k.startswith("latent.module."))
+    names = sorted(k for k in tensors if k.startswith("latent.")
+                   and not k.startswith(("latent.module.", "latent.residual.")))
     _expect_tensors(names, {f"latent.{p}.{i}" for p in ("library", "library_batch") for i in range(len(cell_types))})
     for i, cell_type in enumerate(cell_types):
         library, batch = np.asarray(tensors[f"latent.library.{i}"]), np.asarray(tensors[f"latent.library_batch.{i}"])

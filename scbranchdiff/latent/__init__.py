@@ -3,14 +3,17 @@
 from ._base import DecodedCells, LatentBackend
 from ._factory import BACKENDS, make_backend
 from ._pca import ObsmLatent, PCALatent
+from ._residual import CountResidual, PCAResidual
 from ._scvi import SCVILatent
 
 __all__ = [
     "BACKENDS",
+    "CountResidual",
     "DecodedCells",
     "LatentBackend",
     "ObsmLatent",
     "PCALatent",
+    "PCAResidual",
     "SCVILatent",
     "make_backend",
 ]

@@ -134,8 +134,22 @@ class LatentBackend(ABC):
         """Raise unless the cells' values are what :meth:`encode` needs (finite expression)."""
         check_expression(adata, layer, needed_by)
 
-    def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:  # noqa: B027
-        """Record what decoding new cell types needs (default: nothing)."""
+    def add_cell_types(  # noqa: B027 - a backend with nothing to record keeps this
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+    ) -> None:
+        """Record what decoding new cell types needs (default: nothing).
+
+        Parameters
+        ----------
+        adata, labels, layer
+            The new types' cells, their types and the registered layer.
+        n_residual
+            Dimensions of each new type's residual latent (0: none). Backends that decode give
+            every new type decoder weights of its own for these dimensions, fitted on its
+            cells; the latent model itself stays frozen and old types never use them.
+        seed
+            Seed of every random number drawn.
+        """
 
     @abstractmethod
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from sklearn.decomposition import PCA
 
 from ._base import DecodedCells, LatentBackend
+from ._residual import PCAResidual
 from ._scvi import counts_matrix
 
 
@@ -50,6 +52,8 @@ class PCALatent(LatentBackend):
         self.layer: str | None = None
         self.mean_: np.ndarray | None = None
         self.components_: np.ndarray | None = None
+        # per added cell type: its residual components (see add_cell_types)
+        self.residuals: dict[str, PCAResidual] = {}
 
     @property
     def n_latent(self) -> int:
@@ -69,25 +73,69 @@ class PCALatent(LatentBackend):
         self._n_latent = n_comps
         self.mean_ = pca.mean_.astype(np.float32)
         self.components_ = pca.components_.astype(np.float32)
+        self.residuals = {}
 
     def encode(self, adata: AnnData, batch_size: int | None = None) -> np.ndarray:
         x = _dense(counts_matrix(adata, self.layer))
         return ((x - self.mean_) @ self.components_.T).astype(np.float32)
 
     def decode(self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator) -> DecodedCells:
-        return DecodedCells(X=(latent @ self.components_ + self.mean_).astype(np.float32))
+        """Inverse PCA, one cell type at a time; types with a residual also get drawn residuals.
+
+        A type's rows do not depend on which other types are decoded with them: each type is
+        transformed on its own (a matrix product's rounding depends on its shape), and only
+        residual types draw from `rng`, in the order they were added.
+        """
+        if cell_types is None:  # no types: the plain inverse transform
+            return DecodedCells(X=(latent @ self.components_ + self.mean_).astype(np.float32))
+        x = np.empty((len(latent), len(self.mean_)), dtype=np.float32)
+        cell_types = np.asarray(cell_types).astype(str)
+        for cell_type in pd.unique(cell_types):
+            rows = np.nonzero(cell_types == cell_type)[0]
+            x[rows] = latent[rows] @ self.components_ + self.mean_
+        for cell_type, residual in self.residuals.items():
+            rows = np.nonzero(cell_types == cell_type)[0]
+            if len(rows):
+                x[rows] = residual.decode(x[rows], rng)
+        return DecodedCells(X=x)
+
+    def add_cell_types(
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+    ) -> None:
+        """With ``n_residual > 0``: fit each new type's `PCAResidual` (the frozen PCA is kept)."""
+        if n_residual <= 0:
+            return
+        x = _dense(counts_matrix(adata, self.layer))
+        z = self.encode(adata)
+        residuals = {}
+        for cell_type in [str(c) for c in np.unique(labels)]:
+            rows = np.asarray(labels) == cell_type
+            residuals[cell_type] = PCAResidual.fit(
+                x[rows], z[rows], self.mean_, self.components_, n_dims=n_residual, seed=seed
+            )
+        self.residuals.update(residuals)
 
     def config(self) -> dict:
-        return {"n_latent": self._n_latent, "layer": self.layer}
+        config: dict[str, Any] = {"n_latent": self._n_latent, "layer": self.layer}
+        if self.residuals:
+            config["residual_types"] = list(self.residuals)
+        return config
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "components": self.components_}
+        out = {"mean": self.mean_, "components": self.components_}
+        for i, residual in enumerate(self.residuals.values()):
+            out.update({f"residual.{i}.{k}": v for k, v in residual.tensors().items()})
+        return out
 
     @classmethod
     def from_state(cls, config: dict, tensors: dict[str, np.ndarray], adata: AnnData | None = None) -> PCALatent:
         backend = cls(config["n_latent"])
         backend.layer = config["layer"]
         backend.mean_, backend.components_ = tensors["mean"], tensors["components"]
+        for i, cell_type in enumerate(config.get("residual_types", [])):
+            backend.residuals[cell_type] = PCAResidual(
+                **{k: tensors[f"residual.{i}.{k}"] for k in ("offset", "components", "std")}
+            )
         return backend
 
 

@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from .._checks import check_counts
 from ._base import DecodedCells, LatentBackend
+from ._residual import CountResidual, fit_count_residual
 
 _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
 
@@ -86,6 +87,8 @@ class SCVILatent(LatentBackend):
         # per cell type: log library sizes and batch codes of the training cells
         self.library: dict[str, np.ndarray] = {}
         self.library_batch: dict[str, np.ndarray] = {}
+        # per added cell type: its residual on top of the frozen decoder (see add_cell_types)
+        self.residuals: dict[str, CountResidual] = {}
 
     @property
     def n_latent(self) -> int:
@@ -138,7 +141,7 @@ class SCVILatent(LatentBackend):
                 batch_size=batch_size,
                 **_seeded_split(minimal.n_obs, seed, train_kwargs),
             )
-        self.library, self.library_batch = {}, {}
+        self.library, self.library_batch, self.residuals = {}, {}, {}
         self.add_cell_types(adata, np.asarray(labels), layer)
 
     def _batch_codes(self, adata: AnnData) -> np.ndarray:
@@ -165,10 +168,42 @@ class SCVILatent(LatentBackend):
     def decode(
         self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator
     ) -> DecodedCells:
+        """Counts from latents: library sizes (and batches) drawn from real cells of each type.
+
+        Rows of types with a residual (added by `add_cell_types`) are decoded after all others,
+        with random numbers drawn after theirs: the other rows come out exactly as they would
+        alone.
+        """
+        cell_types = np.asarray(cell_types)
+        has_residual = np.isin(cell_types.astype(str), list(self.residuals))
+        parts = [np.nonzero(~has_residual)[0]]
+        parts += [np.nonzero(cell_types == c)[0] for c in self.residuals if c in set(cell_types[has_residual])]
+        decoded = [self._decode_rows(latent[rows], cell_types[rows], rng) for rows in parts if len(rows)]
+        if len(decoded) == 1 and len(parts[0]) == len(latent):
+            return decoded[0]
+        order = np.argsort(np.concatenate(parts), kind="stable")
+        obs = {
+            key: (pd.Categorical(np.concatenate([np.asarray(d.obs[key]) for d in decoded])[order],
+                                 categories=decoded[0].obs[key].categories)
+                  if isinstance(decoded[0].obs[key], pd.Categorical)
+                  else np.concatenate([d.obs[key] for d in decoded])[order])
+            for key in decoded[0].obs
+        } if decoded else {}
+        return DecodedCells(
+            X=sp.vstack([d.X for d in decoded], format="csr")[order] if decoded else sp.csr_matrix((0, 0)),
+            layers={"expected": np.concatenate([d.layers["expected"] for d in decoded])[order]} if decoded else {},
+            obs=obs,
+        )
+
+    def _decode_rows(self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator) -> DecodedCells:
+        """`decode` of rows that are all without residual, or all of one residual type."""
         module = self.model.module
         module.eval()
         device = next(module.parameters()).device
         n = latent.shape[0]
+        residual = self.residuals.get(str(cell_types[0])) if n else None
+        if residual is not None:
+            residual.to(device)
         log_library = np.empty(n, dtype=np.float32)
         batch = np.zeros(n, dtype=np.int64)
         for cell_type in np.unique(cell_types):
@@ -187,6 +222,8 @@ class SCVILatent(LatentBackend):
                 lib = torch.as_tensor(log_library[sl, None], device=device)
                 b = torch.as_tensor(batch[sl, None], device=device)
                 px = module.generative(z, lib, b)["px"]
+                if residual is not None:
+                    px = residual(px, residual.sample_codes(len(z)))
                 # NB/ZINB: the NB mean; Poisson: its rate
                 expected.append((px.mu if hasattr(px, "mu") else px.mean).cpu().numpy())
                 counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
@@ -224,6 +261,7 @@ class SCVILatent(LatentBackend):
             else {"layer": setup.get("layer"), "batch_key": setup.get("batch_key")},
             "batch_categories": batch_categories,
             "cell_types": list(self.library),
+            **({"residual_types": list(self.residuals)} if self.residuals else {}),
         }
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -231,6 +269,8 @@ class SCVILatent(LatentBackend):
         for i, cell_type in enumerate(self.library):
             out[f"library.{i}"] = self.library[cell_type].astype(np.float32)
             out[f"library_batch.{i}"] = self.library_batch[cell_type].astype(np.int64)
+        for i, residual in enumerate(self.residuals.values()):
+            out.update({f"residual.{i}.{k}": v.detach().cpu().numpy() for k, v in residual.state_dict().items()})
         return out
 
     @classmethod
@@ -258,11 +298,20 @@ class SCVILatent(LatentBackend):
         for i, cell_type in enumerate(config["cell_types"]):
             backend.library[cell_type] = tensors[f"library.{i}"]
             backend.library_batch[cell_type] = tensors[f"library_batch.{i}"]
+        for i, cell_type in enumerate(config.get("residual_types", [])):
+            prefix = f"residual.{i}."
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            backend.residuals[cell_type] = CountResidual.from_tensors(own)
         return backend
 
-    def add_cell_types(self, adata: AnnData, labels: np.ndarray, layer: str | None) -> None:
-        """Record library sizes of new cell types (the autoencoder itself stays frozen).
+    def add_cell_types(
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+    ) -> None:
+        """Record what decoding new cell types needs; the scVI model itself stays frozen.
 
+        Records the types' library sizes (and batches). With ``n_residual > 0`` each type also
+        gets a `CountResidual` with codes of that dimension, fitted on its cells on top of the
+        frozen decoder: its generated cells are decoded with it, every other type's are not.
         All or nothing: the records change only when every type's values were computed.
         """
         counts = counts_matrix(adata, layer)
@@ -271,8 +320,18 @@ class SCVILatent(LatentBackend):
         types = [str(c) for c in np.unique(labels)]
         library = {c: log_library[labels == c] for c in types}
         library_batch = {c: batches[labels == c] for c in types}
+        residuals = {}
+        if n_residual > 0:
+            z = self.encode(adata)
+            for k, c in enumerate(types):
+                rows = np.nonzero(labels == c)[0]
+                residuals[c] = fit_count_residual(
+                    self.model.module, counts[rows], log_library[rows].astype(np.float32), batches[rows], z[rows],
+                    n_dims=n_residual, seed=seed + k,
+                )
         self.library.update(library)
         self.library_batch.update(library_batch)
+        self.residuals.update(residuals)
 
 
 def _seeded_split(n_cells: int, seed: int, train_kwargs: dict[str, Any]) -> dict[str, Any]:

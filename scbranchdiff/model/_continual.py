@@ -62,6 +62,7 @@ class ContinualLearningMixin:
         seed: int = 0,
         plan_kwargs: dict | None = None,
         checkpoint_dir: str | None = None,
+        n_residual: int | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Learn new cell types while every old type stays exactly as it was.
@@ -90,6 +91,10 @@ class ContinualLearningMixin:
         batch_size, lr, ema_decay, accelerator, devices, seed, plan_kwargs, checkpoint_dir, **trainer_kwargs
             As in :meth:`train` (the same training path: trainer settings, DDP strategies,
             checkpoints and resuming with ``ckpt_path="last"``).
+        n_residual
+            Dimensions of each new type's residual latent. Default: the latent's dimension
+            (``n_latent``) for latents that decode (scVI, PCA); 0 for a given embedding.
+            0 decodes the new types with the frozen latent model alone.
 
         Raises
         ------
@@ -107,12 +112,18 @@ class ContinualLearningMixin:
         ``train_settings_["added_cell_types"]`` records each addition (saved with the model);
         ``history_`` then holds the addition's training history.
 
-        The latent model is frozen, so it must be able to represent the new types (an scVI or
-        PCA fitted on data that holds them or similar cells): a latent fitted without a type
-        cannot express the genes only that type uses, and its generated cells then look like
-        their nearest old relative. The join points are found from the registered AnnData's
-        cells of the old types (a model loaded with an AnnData lacking some old types uses
-        the types present).
+        The latent model is frozen. A latent fitted without a type cannot express what only
+        that type does (the genes only it uses): with ``n_residual=0`` its generated cells look
+        like their nearest old relative. The residual latent gives it room: a generated cell of
+        a new type is the diffusion's latent (in the frozen latent, placed in the hierarchy like
+        any type) plus a residual code drawn from the type's own code distribution, decoded by
+        the frozen decoder corrected by the type's residual (scVI: `~scbranchdiff.latent.
+        CountResidual`, a small VAE on top of the frozen decoder; PCA: `~scbranchdiff.latent.
+        PCAResidual`, the type's own components beyond the frozen ones). Old types never pass
+        through a residual, so their decoded cells cannot change; the residuals of earlier
+        additions stay frozen like everything else. The join points are found from the
+        registered AnnData's cells of the old types (a model loaded with an AnnData lacking
+        some old types uses the types present).
 
         Examples
         --------
@@ -147,6 +158,7 @@ class ContinualLearningMixin:
                 "the flat model on all cells instead."
             )
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
+        n_residual = self._residual_dims(n_residual)
         self._check_real_cells("`add_cell_types` (the old types' cells place the new ones)")
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
@@ -182,7 +194,7 @@ class ContinualLearningMixin:
                 accelerator=accelerator, devices=devices, extra_callbacks=callbacks, **trainer_kwargs,
             )
             # what decoding the new types needs (e.g. scVI library sizes); all or nothing
-            self.latent_backend.add_cell_types(cells, labels, self.layer)
+            self.latent_backend.add_cell_types(cells, labels, self.layer, n_residual=n_residual, seed=seed)
         for p in network.parameters():
             p.requires_grad_(True)
         network.eval()
@@ -200,10 +212,23 @@ class ContinualLearningMixin:
                 "lr": float(lr),
                 "ema_decay": float(ema_decay),
                 "seed": int(seed),
+                "n_residual": int(n_residual),
             }
         )
 
     # ------------------------------------------------------------------ helpers
+    def _residual_dims(self, n_residual: int | None) -> int:
+        if n_residual is None:
+            return int(self.latent_backend.n_latent) if self.latent_backend.can_decode else 0
+        if isinstance(n_residual, bool) or not isinstance(n_residual, int | np.integer) or n_residual < 0:
+            raise ValueError(f"`n_residual` must be a non-negative integer, got {n_residual!r}.")
+        if n_residual and not self.latent_backend.can_decode:
+            raise ValueError(
+                "`n_residual` needs a latent that decodes (scVI or PCA); the model's latent is a "
+                "given embedding: pass n_residual=0."
+            )
+        return int(n_residual)
+
     def _new_type_cells(
         self, adata_new: AnnData, cell_types: Sequence[str] | None
     ) -> tuple[AnnData, np.ndarray, list[str]]:
