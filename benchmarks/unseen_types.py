@@ -11,6 +11,11 @@ of the left-out type (package defaults). Scored:
   its held-out real cells (1 = as often as real cells; the bar of the issue is 0.8);
 - ``decoded_real_acc``: the same share for the held-out real cells of the type encoded and decoded
   by the model's latent (what the latent can represent of the type at best);
+- ``new_auc`` / ``old_auc``: realism, as a two-sample classifier AUC (0.5: indistinguishable)
+  between generated and held-out real cells in a PCA of log-normalised counts fitted on the
+  real training cells (:func:`scbranchdiff.metrics.c2st_auc`): of the added type (needs >= 10
+  held-out cells), and the mean over the old types in the same model (the bar: new types as
+  good as old ones);
 - ``old_identical``: whether the old types' generated latents and decoded counts are
   bit-identical before and after the addition, for the same seed;
 - ``add_s`` / ``base_s``: seconds of the addition and of the base training (the same machine).
@@ -40,9 +45,9 @@ from _common import (
 HELD_OUT = 0.3
 
 
-def leave_one_out(adata, key: str, left_out: str, seed: int) -> dict:
+def leave_one_out(adata, key: str, left_out: str, seed: int, n_residual: int | None = None) -> dict:
     import scbranchdiff as sbd
-    from scbranchdiff.metrics import label_transfer_accuracy
+    from scbranchdiff.metrics import c2st_auc, fit_expression_pca, label_transfer_accuracy
 
     held = stratified_split(adata.obs[key], HELD_OUT, seed)
     train, test = adata[~held].copy(), adata[held].copy()
@@ -54,10 +59,9 @@ def leave_one_out(adata, key: str, left_out: str, seed: int) -> dict:
     base_s, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
     old_types = list(model.classes)
     before = model.generate(50, seed=seed, progress_bar=False)
-    add_s, _ = timed(lambda: model.add_cell_types(new, seed=seed, accelerator="cpu", devices=1, **QUIET))
-    after = model.generate({t: 50 for t in old_types}, seed=seed, progress_bar=False)
-    identical = bool(np.array_equal(before.obsm["X_latent"], after.obsm["X_latent"])
-                     and np.array_equal(_dense(before.X), _dense(after.X)))
+    add_s, _ = timed(lambda: model.add_cell_types(new, seed=seed, n_residual=n_residual, accelerator="cpu", devices=1, **QUIET))
+    after = model.generate(50, seed=seed, progress_bar=False)  # old and new types together
+    identical = same_rows(before, after, old_types, key)
     real = test[(test.obs[key].astype(str) == left_out).to_numpy()].copy()
     gen = model.generate({left_out: max(real.n_obs, 50)}, seed=seed, progress_bar=False)
     # the latent's own limit: held-out real cells of the type, encoded and decoded by the model
@@ -67,11 +71,82 @@ def leave_one_out(adata, key: str, left_out: str, seed: int) -> dict:
         acc_real = label_transfer_accuracy(train, real, key, layer="counts", is_counts=True, seed=seed)
         acc_gen = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
         acc_dec = label_transfer_accuracy(train, decoded, key, layer="counts", is_counts=True, seed=seed)
+        space = fit_expression_pca(train, layer="counts", is_counts=True, seed=seed)
+
+        def auc(cell_type: str, generated) -> float:
+            held = test[(test.obs[key].astype(str) == cell_type).to_numpy()]
+            fake = generated[(generated.obs[key].astype(str) == cell_type).to_numpy()]
+            if held.n_obs < 10:
+                return np.nan
+            return c2st_auc(space.transform(held), space.transform(fake), seed=seed)
+
+        new_auc = auc(left_out, gen)
+        old_auc = float(np.nanmean([auc(t, after) for t in old_types]))
     return {"type": left_out, "n_cells": int((adata.obs[key].astype(str) == left_out).sum()),
             "real_acc": float(acc_real[left_out]), "generated_acc": float(acc_gen[left_out]),
             "decoded_real_acc": float(acc_dec[left_out]),
             "new_label_ratio": float(acc_gen[left_out] / acc_real[left_out]) if acc_real[left_out] else np.nan,
-            "old_identical": identical, "base_s": base_s, "add_s": add_s}
+            "new_auc": new_auc, "old_auc": old_auc, "old_identical": identical, "base_s": base_s, "add_s": add_s}
+
+
+def same_rows(a, b, types: list[str], key: str) -> bool:
+    """Whether the cells of `types` in two generated AnnData have identical latents and counts."""
+    rows_a, rows_b = a.obs[key].isin(types).to_numpy(), b.obs[key].isin(types).to_numpy()
+    return bool(np.array_equal(a.obs[key].astype(str)[rows_a], b.obs[key].astype(str)[rows_b])
+                and np.array_equal(a.obsm["X_latent"][rows_a], b.obsm["X_latent"][rows_b])
+                and np.array_equal(_dense(a.X)[rows_a], _dense(b.X)[rows_b]))
+
+
+def one_after_another(adata, key: str, added: list[str], seed: int) -> pd.DataFrame:
+    """Leave `added` out of the base model, add them back one per call; score after each call."""
+    import scbranchdiff as sbd
+    from scbranchdiff.metrics import label_transfer_accuracy
+
+    held = stratified_split(adata.obs[key], HELD_OUT, seed)
+    train, test = adata[~held].copy(), adata[held].copy()
+    train.obs[key] = train.obs[key].astype(str).astype("category")
+    full = train.copy()
+    sbd.model.BranchedDiffusion.setup_anndata(full, labels_key=key, layer="counts")
+    full_s, _ = timed(lambda: sbd.model.BranchedDiffusion(full).train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    old = train[~train.obs[key].isin(added).to_numpy()].copy()
+    old.obs[key] = old.obs[key].cat.remove_unused_categories()
+    sbd.model.BranchedDiffusion.setup_anndata(old, labels_key=key, layer="counts")
+    model = sbd.model.BranchedDiffusion(old)
+    base_s, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    old_types = list(model.classes)
+    samples = [model.generate(50, seed=seed, progress_bar=False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        acc_real = label_transfer_accuracy(train, test, key, layer="counts", is_counts=True, seed=seed)
+    rows = []
+    for k, cell_type in enumerate(added):
+        new = train[(train.obs[key] == cell_type).to_numpy()].copy()
+        add_s, _ = timed(lambda new=new: model.add_cell_types(new, seed=seed, accelerator="cpu", devices=1, **QUIET))
+        samples.append(model.generate(50, seed=seed, progress_bar=False))
+        so_far = added[: k + 1]
+        n_real = {t: int((test.obs[key].astype(str) == t).sum()) for t in so_far}
+        gen = model.generate({t: max(n, 50) for t, n in n_real.items()}, seed=seed, progress_bar=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            acc_gen = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
+        ratios = {t: float(acc_gen[t] / acc_real[t]) for t in so_far}
+        rows.append({
+            "step": k + 1, "added": cell_type,
+            "label_ratios_so_far": ", ".join(f"{r:.2f}" for r in ratios.values()),
+            "min_ratio": min(ratios.values()),
+            "earlier_identical": same_rows(samples[-2], samples[-1], old_types + added[:k], key)
+            and same_rows(samples[0], samples[-1], old_types, key),
+            "add_s": add_s, "base_s": base_s, "full_retrain_s": full_s, "add_over_full": add_s / full_s,
+        })
+        print(rows[-1], flush=True)
+    return pd.DataFrame(rows).set_index("step")
+
+
+def _spread(sizes: pd.Series, n: int, min_cells: int) -> list[str]:
+    """`n` types of at least `min_cells` cells, from the smallest to the largest."""
+    eligible = sizes[sizes >= min_cells].sort_values()
+    picks = np.unique(np.linspace(0, len(eligible) - 1, n).round().astype(int))
+    return [str(t) for t in eligible.index[picks]]
 
 
 def _dense(x):
@@ -83,17 +158,35 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["pbmc68k", "paul15", "pbmc_facs"])
     parser.add_argument("--min-cells", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-residual", type=int, default=None,
+                        help="add_cell_types(n_residual=...); default: the package default; 0: no residual")
+    parser.add_argument("--types", nargs="+", default=None, help="only these left-out types")
+    parser.add_argument("--one-after-another", type=int, default=0, metavar="N",
+                        help="instead: leave N types out (smallest to largest) and add them back one per call")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     single_thread()
     pd.set_option("display.width", 200)
     body = [header("OMP_NUM_THREADS=1 python benchmarks/unseen_types.py --datasets " + " ".join(args.datasets))]
+    if args.one_after_another:
+        body[0] = header("OMP_NUM_THREADS=1 python benchmarks/unseen_types.py --one-after-another "
+                         f"{args.one_after_another} --datasets " + " ".join(args.datasets))
     for name in args.datasets:
         adata, key = load_dataset(name)
         sizes = adata.obs[key].astype(str).value_counts()
+        if args.one_after_another:
+            added = _spread(sizes, args.one_after_another, args.min_cells)
+            table = one_after_another(adata, key, added, args.seed)
+            caption = (f"**{name}**: {', '.join(added)} left out of the base model (and its scVI), then added "
+                       "one per `add_cell_types` call; after each call, the label ratio of every type added so "
+                       "far, whether every earlier type (old and added before) generated identical latents and "
+                       "counts, and the call's time against a full retraining on all types.")
+            print(f"\n{caption}\n{table.round(3).to_string()}", flush=True)
+            body += [caption, "", markdown(table), ""]
+            continue
         rows = []
-        for left_out in [t for t, n in sizes.items() if n >= args.min_cells]:
-            rows.append(leave_one_out(adata, key, left_out, args.seed))
+        for left_out in [t for t, n in sizes.items() if n >= args.min_cells and (not args.types or t in args.types)]:
+            rows.append(leave_one_out(adata, key, left_out, args.seed, args.n_residual))
             print(name, rows[-1], flush=True)
         table = pd.DataFrame(rows).set_index("type")
         caption = (f"**{name}**: each type with >= {args.min_cells} cells left out of the base model (and its "
@@ -103,7 +196,7 @@ def main(argv=None) -> None:
         print(f"\n{caption}\n{table.round(3).to_string()}", flush=True)
         body += [caption, "", markdown(table), ""]
     if args.write_docs:
-        write_section("unseen-types", "\n".join(body))
+        write_section("unseen-types-sequential" if args.one_after_another else "unseen-types", "\n".join(body))
 
 
 if __name__ == "__main__":
