@@ -60,10 +60,13 @@ SCRIPT = textwrap.dedent(
             )
         gen = model.generate(200, seed=1, sampler="ode", n_steps=40)
         z, labels = gen.obsm["X_latent"], gen.obs["cell_type"].astype(str).to_numpy()
-        err = [float(np.linalg.norm(z[labels == c].mean(0) - CENTRES[c])) for c in CENTRES]
-        sd = [float(z[labels == c].std(0).mean()) for c in CENTRES]
+        # robust to the few far-off cells (~1%) a model this small sends any prior tail to
+        err = [float(np.linalg.norm(np.median(z[labels == c], 0) - CENTRES[c])) for c in CENTRES]
+        dist = [np.linalg.norm(z[labels == c] - CENTRES[c], axis=1) for c in CENTRES]
+        spread = [float(np.median(d)) for d in dist]
+        far = float(np.mean(np.concatenate(dist) > 2.0))
         weights = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
-        return model, {"mean_error": err, "sd": sd}, weights
+        return model, {"median_error": err, "median_distance": spread, "far": far}, weights
 
 
     if __name__ == "__main__":
@@ -93,10 +96,13 @@ def test_ddp_two_cpu_processes_train_a_model_of_the_same_quality(tmp_path):
     assert (tmp_path / "rank0.pt.world0").read_text() == "2"
     assert result["rank0_weights_in_model"], "the model must hold rank 0's final (EMA) weights"
     ddp = result["ddp"]
-    # the clusters' centres are 4 apart with sd 0.4. One process with batch_size=32 (the same
-    # global batch and number of steps as 2 processes x 16) gives centre errors 0.13-0.23 and
-    # sds 0.45-0.61; DDP gives 0.14-0.24 and 0.46-0.48 (measured). With the same noise drawn on
-    # both ranks (Lightning seeds them alike) the sds were 0.66-0.88.
-    assert max(ddp["mean_error"]) < 0.35, result
-    assert all(0.25 < sd < 0.65 for sd in ddp["sd"]), result
+    # the clusters' centres are 4 apart with sd 0.4 per coordinate: a cell's distance to its
+    # centre has median 0.4 * sqrt(2 ln 2) = 0.47. One process with batch_size=32 (the same
+    # global batch and number of steps as 2 processes x 16) gave sds 0.45-0.61; DDP 0.46-0.48;
+    # with the same noise drawn on both ranks (Lightning seeds them alike) 0.66-0.88. Means and
+    # sds swing with the ~1% of cells this small model sends far away (seeds 1-4 of the prior:
+    # sds 0.5-19), so the checks are medians, and the share of far cells is bounded.
+    assert max(ddp["median_error"]) < 0.35, result
+    assert all(0.3 < d < 0.65 for d in ddp["median_distance"]), result
+    assert ddp["far"] < 0.05, result
     assert (Path(out + ".model") / "model.safetensors").exists()

@@ -108,7 +108,12 @@ def test_every_earlier_type_stays_bit_identical_through_three_additions(three_ad
         earlier = old_types + NEW_TYPES[: k - 1]  # every type the model knew before addition k
         assert _same_rows(samples[k - 1], samples[k], earlier), k
         assert _same_rows(samples[0], samples[k], old_types), k
-    settings = three_additions["model"].train_settings_["added_cell_types"]
+    # a type's cells do not depend on how many cells of other types are asked for
+    model = three_additions["model"]
+    uneven = model.generate({**dict.fromkeys(old_types, 40), "T_CD8": 40, "DC_plasmacytoid": 73, "B_memory": 11},
+                            seed=SEED, n_steps=50, progress_bar=False)
+    assert _same_rows(samples[-1], uneven, old_types + NEW_TYPES[:1])
+    settings = model.train_settings_["added_cell_types"]
     assert [s["cell_types"] for s in settings] == [[t] for t in NEW_TYPES]
     assert all(s["n_residual"] == 10 for s in settings)
 
@@ -160,7 +165,7 @@ def test_scvi_latent_gets_room_for_a_type_it_never_saw(simulated):
         old_types = list(model.classes)
         before = model.generate(40, seed=SEED, n_steps=30, progress_bar=False)
         model.add_cell_types(_cells_of(train, "T_CD8"), max_epochs=200, **FAST)
-    both = model.generate(40, seed=SEED, n_steps=30, progress_bar=False)
+    both = model.generate({**dict.fromkeys(old_types, 40), "T_CD8": 67}, seed=SEED, n_steps=30, progress_bar=False)
     # latents and sampled counts of the old types, generated alone and beside the new type
     assert _same_rows(before, both, old_types)
     generated = model.generate({"T_CD8": 150}, seed=0, n_steps=30, progress_bar=False)

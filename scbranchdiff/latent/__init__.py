@@ -1,6 +1,6 @@
 """Latent backends: where the diffusion runs (scVI by default, PCA, or a given embedding)."""
 
-from ._base import DecodedCells, LatentBackend
+from ._base import DecodedCells, LatentBackend, per_type_rngs
 from ._factory import BACKENDS, make_backend
 from ._pca import ObsmLatent, PCALatent
 from ._residual import CountResidual, PCAResidual
@@ -16,4 +16,5 @@ __all__ = [
     "PCAResidual",
     "SCVILatent",
     "make_backend",
+    "per_type_rngs",
 ]

@@ -14,6 +14,31 @@ from anndata import AnnData
 from .._checks import align_genes, check_expression
 
 
+def per_type_rngs(cell_types: np.ndarray, rng: np.random.Generator) -> dict[str, np.random.Generator]:
+    """One generator per cell type, made from one draw of `rng` and the type's name.
+
+    Backends decode each type with its own generator, so a type's decoded cells do not depend
+    on which other types (or how many of their cells) are decoded in the same call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scbranchdiff.latent import per_type_rngs
+    >>> a = per_type_rngs(np.array(["B", "T", "B"]), np.random.default_rng(0))
+    >>> b = per_type_rngs(np.array(["NK", "B"]), np.random.default_rng(0))
+    >>> list(a), a["B"].random() == b["B"].random()
+    (['B', 'T'], True)
+    """
+    import hashlib
+
+    base = int(rng.integers(0, 2**63 - 1))
+    names = dict.fromkeys(str(c) for c in np.asarray(cell_types).ravel())
+    return {
+        name: np.random.default_rng([base, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")])
+        for name in names
+    }
+
+
 @dataclass
 class DecodedCells:
     """Cells decoded from latents.

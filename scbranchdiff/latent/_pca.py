@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 from sklearn.decomposition import PCA
 
-from ._base import DecodedCells, LatentBackend
+from ._base import DecodedCells, LatentBackend, per_type_rngs
 from ._residual import PCAResidual
 from ._scvi import counts_matrix
 
@@ -83,20 +82,18 @@ class PCALatent(LatentBackend):
         """Inverse PCA, one cell type at a time; types with a residual also get drawn residuals.
 
         A type's rows do not depend on which other types are decoded with them: each type is
-        transformed on its own (a matrix product's rounding depends on its shape), and only
-        residual types draw from `rng`, in the order they were added.
+        transformed on its own (a matrix product's rounding depends on its shape), and a
+        residual type draws its codes from a generator of its own (`per_type_rngs`).
         """
         if cell_types is None:  # no types: the plain inverse transform
             return DecodedCells(X=(latent @ self.components_ + self.mean_).astype(np.float32))
         x = np.empty((len(latent), len(self.mean_)), dtype=np.float32)
         cell_types = np.asarray(cell_types).astype(str)
-        for cell_type in pd.unique(cell_types):
+        for cell_type, type_rng in per_type_rngs(cell_types, rng).items():
             rows = np.nonzero(cell_types == cell_type)[0]
             x[rows] = latent[rows] @ self.components_ + self.mean_
-        for cell_type, residual in self.residuals.items():
-            rows = np.nonzero(cell_types == cell_type)[0]
-            if len(rows):
-                x[rows] = residual.decode(x[rows], rng)
+            if cell_type in self.residuals:
+                x[rows] = self.residuals[cell_type].decode(x[rows], type_rng)
         return DecodedCells(X=x)
 
     def add_cell_types(

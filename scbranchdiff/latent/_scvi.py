@@ -14,7 +14,7 @@ import torch
 from anndata import AnnData
 
 from .._checks import check_counts
-from ._base import DecodedCells, LatentBackend
+from ._base import DecodedCells, LatentBackend, per_type_rngs
 from ._residual import CountResidual, fit_count_residual
 
 _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
@@ -170,63 +170,34 @@ class SCVILatent(LatentBackend):
     ) -> DecodedCells:
         """Counts from latents: library sizes (and batches) drawn from real cells of each type.
 
-        Rows of types with a residual (added by `add_cell_types`) are decoded after all others,
-        with random numbers drawn after theirs: the other rows come out exactly as they would
-        alone.
+        Each cell type is decoded on its own, with random numbers of its own (`per_type_rngs`),
+        so a type's cells do not depend on which other types are decoded with them. Types added
+        with a residual (`add_cell_types`) are decoded through it; the others never are.
         """
-        cell_types = np.asarray(cell_types)
-        has_residual = np.isin(cell_types.astype(str), list(self.residuals))
-        parts = [np.nonzero(~has_residual)[0]]
-        parts += [np.nonzero(cell_types == c)[0] for c in self.residuals if c in set(cell_types[has_residual])]
-        decoded = [self._decode_rows(latent[rows], cell_types[rows], rng) for rows in parts if len(rows)]
-        if len(decoded) == 1 and len(parts[0]) == len(latent):
-            return decoded[0]
-        order = np.argsort(np.concatenate(parts), kind="stable")
-        obs = {
-            key: (pd.Categorical(np.concatenate([np.asarray(d.obs[key]) for d in decoded])[order],
-                                 categories=decoded[0].obs[key].categories)
-                  if isinstance(decoded[0].obs[key], pd.Categorical)
-                  else np.concatenate([d.obs[key] for d in decoded])[order])
-            for key in decoded[0].obs
-        } if decoded else {}
-        return DecodedCells(
-            X=sp.vstack([d.X for d in decoded], format="csr")[order] if decoded else sp.csr_matrix((0, 0)),
-            layers={"expected": np.concatenate([d.layers["expected"] for d in decoded])[order]} if decoded else {},
-            obs=obs,
-        )
-
-    def _decode_rows(self, latent: np.ndarray, cell_types: np.ndarray, rng: np.random.Generator) -> DecodedCells:
-        """`decode` of rows that are all without residual, or all of one residual type."""
         module = self.model.module
         module.eval()
         device = next(module.parameters()).device
+        cell_types = np.asarray(cell_types).astype(str)
         n = latent.shape[0]
-        residual = self.residuals.get(str(cell_types[0])) if n else None
-        if residual is not None:
-            residual.to(device)
         log_library = np.empty(n, dtype=np.float32)
         batch = np.zeros(n, dtype=np.int64)
-        for cell_type in np.unique(cell_types):
+        pieces = []
+        for cell_type, type_rng in per_type_rngs(cell_types, rng).items():
             rows = np.nonzero(cell_types == cell_type)[0]
-            pool = self.library[str(cell_type)]
-            pick = rng.integers(0, len(pool), size=len(rows))
+            pool = self.library[cell_type]
+            pick = type_rng.integers(0, len(pool), size=len(rows))
             log_library[rows] = pool[pick]
-            batch[rows] = self.library_batch[str(cell_type)][pick]
-        expected, counts = [], []
-        seed = int(rng.integers(0, 2**31 - 1))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for start in range(0, n, 4096):
-                sl = slice(start, start + 4096)
-                z = torch.as_tensor(latent[sl], dtype=torch.float32, device=device)
-                lib = torch.as_tensor(log_library[sl, None], device=device)
-                b = torch.as_tensor(batch[sl, None], device=device)
-                px = module.generative(z, lib, b)["px"]
-                if residual is not None:
-                    px = residual(px, residual.sample_codes(len(z)))
-                # NB/ZINB: the NB mean; Poisson: its rate
-                expected.append((px.mu if hasattr(px, "mu") else px.mean).cpu().numpy())
-                counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
+            batch[rows] = self.library_batch[cell_type][pick]
+            seed = int(type_rng.integers(0, 2**31 - 1))
+            pieces.append((rows, *self._sample(latent[rows], log_library[rows], batch[rows],
+                                               self.residuals.get(cell_type), seed, device)))
+        n_genes = int(module.n_input)
+        if pieces:
+            order = np.argsort(np.concatenate([p[0] for p in pieces]), kind="stable")
+            counts = sp.vstack([p[1] for p in pieces], format="csr")[order]
+            expected = np.concatenate([p[2] for p in pieces])[order]
+        else:
+            counts, expected = sp.csr_matrix((0, n_genes), dtype=np.float32), np.zeros((0, n_genes), np.float32)
         obs = {"library_size": np.exp(log_library).round()}
         if module.n_batch > 1:
             # the batch each cell was decoded in, under the training data's batch column
@@ -234,11 +205,30 @@ class SCVILatent(LatentBackend):
             names = np.asarray(manager.get_state_registry("batch").categorical_mapping, dtype=object)
             key = manager.registry["setup_args"].get("batch_key") or "batch"
             obs[key] = pd.Categorical(names[batch], categories=pd.Index(names, dtype=object))
-        return DecodedCells(
-            X=sp.vstack(counts, format="csr") if counts else sp.csr_matrix((0, 0)),
-            layers={"expected": np.concatenate(expected).astype(np.float32)},
-            obs=obs,
-        )
+        return DecodedCells(X=counts, layers={"expected": expected}, obs=obs)
+
+    def _sample(
+        self, latent: np.ndarray, log_library: np.ndarray, batch: np.ndarray, residual: CountResidual | None,
+        seed: int, device: torch.device,
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Sampled counts and expected expression of cells of one type (torch seeded by `seed`)."""
+        if residual is not None:
+            residual.to(device)
+        expected, counts = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(latent), 4096):
+                sl = slice(start, start + 4096)
+                z = torch.as_tensor(latent[sl], dtype=torch.float32, device=device)
+                lib = torch.as_tensor(log_library[sl, None], device=device)
+                b = torch.as_tensor(batch[sl, None], device=device)
+                px = self.model.module.generative(z, lib, b)["px"]
+                if residual is not None:
+                    px = residual(px, residual.sample_codes(len(z)))
+                # NB/ZINB: the NB mean; Poisson: its rate
+                expected.append((px.mu if hasattr(px, "mu") else px.mean).cpu().numpy().astype(np.float32))
+                counts.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
+        return sp.vstack(counts, format="csr"), np.concatenate(expected)
 
     def config(self) -> dict:
         init = self.model.init_params_
