@@ -37,7 +37,7 @@ docs: install
 # exception: it stays at $(TORCH_SPEC), the CPU wheel on disk (the registry's torch is a
 # multi-GB CUDA build).
 LOWEST_VENV ?= .venv-lowest
-LOWEST_TESTS ?= tests/test_outputs.py tests/test_save_load.py
+LOWEST_TESTS ?= tests/test_outputs.py tests/test_save_load.py tests/test_unseen_types.py
 
 lowest:
 	rm -rf $(LOWEST_VENV)

@@ -191,12 +191,12 @@ class SCVILatent(LatentBackend):
             seed = int(type_rng.integers(0, 2**31 - 1))
             pieces.append((rows, *self._sample(latent[rows], log_library[rows], batch[rows],
                                                self.residuals.get(cell_type), seed, device)))
-        n_genes = int(module.n_input)
         if pieces:
             order = np.argsort(np.concatenate([p[0] for p in pieces]), kind="stable")
             counts = sp.vstack([p[1] for p in pieces], format="csr")[order]
             expected = np.concatenate([p[2] for p in pieces])[order]
-        else:
+        else:  # no cells: empty matrices with the model's genes
+            n_genes = int(module.decoder.px_scale_decoder[0].out_features)
             counts, expected = sp.csr_matrix((0, n_genes), dtype=np.float32), np.zeros((0, n_genes), np.float32)
         obs = {"library_size": np.exp(log_library).round()}
         if module.n_batch > 1:

@@ -117,9 +117,10 @@ class ContinualLearningMixin:
         like their nearest old relative. The residual latent gives it room: a generated cell of
         a new type is the diffusion's latent (in the frozen latent, placed in the hierarchy like
         any type) plus a residual code drawn from the type's own code distribution, decoded by
-        the frozen decoder corrected by the type's residual (scVI: `~scbranchdiff.latent.
-        CountResidual`, a small VAE on top of the frozen decoder; PCA: `~scbranchdiff.latent.
-        PCAResidual`, the type's own components beyond the frozen ones). Old types never pass
+        the frozen decoder corrected by the type's residual (for scVI a
+        :class:`~scbranchdiff.latent.CountResidual`, a small VAE on top of the frozen decoder;
+        for PCA a :class:`~scbranchdiff.latent.PCAResidual`, the type's own components beyond
+        the frozen ones). Old types never pass
         through a residual, so their decoded cells cannot change; the residuals of earlier
         additions stay frozen like everything else. The join points are found from the
         registered AnnData's cells of the old types (a model loaded with an AnnData lacking
