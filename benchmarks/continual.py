@@ -40,13 +40,10 @@ from scbranchdiff.latent import PCALatent
 from scbranchdiff.model import DEFAULT_CONTINUAL_STEPS, DEFAULT_TRAIN_STEPS, BranchedDiffusion
 from scbranchdiff.train import DiffusionTrainingPlan, fit_plan
 
+from _common import BATCH_SIZE as BATCH
+from _common import QUIET, epochs_for
+
 NEW_TYPES = ["T_CD8", "DC_plasmacytoid"]
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
-BATCH = 256
-
-
-def epochs_for(steps: int, n_cells: int) -> int:
-    return max(1, int(np.ceil(steps / np.ceil(n_cells / BATCH))))
 
 
 def data(n_cells: int, seed: int):

@@ -38,6 +38,7 @@ import pandas as pd
 
 from _common import (
     DATASETS,
+    QUIET,
     bare_step_seconds,
     header,
     load_dataset,
@@ -53,7 +54,6 @@ HELD_OUT = 0.3
 MIN_AUC_CELLS = 10
 OLD_DIFFUSION_STEPS = 8000
 OLD_SAMPLER = {"sampler": "sde", "n_steps": 200}
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
 SCORES = ("auc_latent", "auc_pca", "label_ratio", "recon")
 COSTS = ("train", "latent", "diffusion", "generate")
 
