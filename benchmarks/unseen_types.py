@@ -46,17 +46,14 @@ HELD_OUT = 0.3
 
 
 def leave_one_out(adata, key: str, left_out: str, seed: int, n_residual: int | None = None) -> dict:
-    import scbranchdiff as sbd
-    from scbranchdiff.metrics import c2st_auc, fit_expression_pca, label_transfer_accuracy
+    from scbranchdiff.metrics import c2st_auc, fit_expression_pca
 
     held = stratified_split(adata.obs[key], HELD_OUT, seed)
     train, test = adata[~held].copy(), adata[held].copy()
     is_new = (train.obs[key].astype(str) == left_out).to_numpy()
     old, new = train[~is_new].copy(), train[is_new].copy()
     old.obs[key] = old.obs[key].astype(str).astype("category")
-    sbd.model.BranchedDiffusion.setup_anndata(old, labels_key=key, layer="counts")
-    model = sbd.model.BranchedDiffusion(old)
-    base_s, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    model, base_s = trained_model(old, key, seed)
     old_types = list(model.classes)
     before = model.generate(50, seed=seed, progress_bar=False)
     add_s, _ = timed(lambda: model.add_cell_types(new, seed=seed, n_residual=n_residual, accelerator="cpu", devices=1, **QUIET))
@@ -66,11 +63,9 @@ def leave_one_out(adata, key: str, left_out: str, seed: int, n_residual: int | N
     gen = model.generate({left_out: max(real.n_obs, 50)}, seed=seed, progress_bar=False)
     # the latent's own limit: held-out real cells of the type, encoded and decoded by the model
     decoded = model.decode_latent(model.get_latent_representation(real), [left_out] * real.n_obs, seed=seed)
+    acc_real, acc_gen, acc_dec = (recognised(train, cells, key, seed) for cells in (real, gen, decoded))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        acc_real = label_transfer_accuracy(train, real, key, layer="counts", is_counts=True, seed=seed)
-        acc_gen = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
-        acc_dec = label_transfer_accuracy(train, decoded, key, layer="counts", is_counts=True, seed=seed)
         space = fit_expression_pca(train, layer="counts", is_counts=True, seed=seed)
 
         def auc(cell_type: str, generated) -> float:
@@ -89,6 +84,25 @@ def leave_one_out(adata, key: str, left_out: str, seed: int, n_residual: int | N
             "new_auc": new_auc, "old_auc": old_auc, "old_identical": identical, "base_s": base_s, "add_s": add_s}
 
 
+def trained_model(cells, key: str, seed: int):
+    """A model with the package defaults trained on `cells` (counts layer), and train()'s seconds."""
+    import scbranchdiff as sbd
+
+    sbd.model.BranchedDiffusion.setup_anndata(cells, labels_key=key, layer="counts")
+    model = sbd.model.BranchedDiffusion(cells)
+    seconds, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    return model, seconds
+
+
+def recognised(train, query, key: str, seed: int) -> pd.Series:
+    """Per type of `query`: the share of its cells a classifier of the real `train` cells assigns to it."""
+    from scbranchdiff.metrics import label_transfer_accuracy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return label_transfer_accuracy(train, query, key, layer="counts", is_counts=True, seed=seed)
+
+
 def same_rows(a, b, types: list[str], key: str) -> bool:
     """Whether the cells of `types` in two generated AnnData have identical latents and counts."""
     rows_a, rows_b = a.obs[key].isin(types).to_numpy(), b.obs[key].isin(types).to_numpy()
@@ -99,25 +113,16 @@ def same_rows(a, b, types: list[str], key: str) -> bool:
 
 def one_after_another(adata, key: str, added: list[str], seed: int) -> pd.DataFrame:
     """Leave `added` out of the base model, add them back one per call; score after each call."""
-    import scbranchdiff as sbd
-    from scbranchdiff.metrics import label_transfer_accuracy
-
     held = stratified_split(adata.obs[key], HELD_OUT, seed)
     train, test = adata[~held].copy(), adata[held].copy()
     train.obs[key] = train.obs[key].astype(str).astype("category")
-    full = train.copy()
-    sbd.model.BranchedDiffusion.setup_anndata(full, labels_key=key, layer="counts")
-    full_s, _ = timed(lambda: sbd.model.BranchedDiffusion(full).train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    _, full_s = trained_model(train.copy(), key, seed)
     old = train[~train.obs[key].isin(added).to_numpy()].copy()
     old.obs[key] = old.obs[key].cat.remove_unused_categories()
-    sbd.model.BranchedDiffusion.setup_anndata(old, labels_key=key, layer="counts")
-    model = sbd.model.BranchedDiffusion(old)
-    base_s, _ = timed(lambda: model.train(seed=seed, accelerator="cpu", devices=1, **QUIET))
+    model, base_s = trained_model(old, key, seed)
     old_types = list(model.classes)
     samples = [model.generate(50, seed=seed, progress_bar=False)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        acc_real = label_transfer_accuracy(train, test, key, layer="counts", is_counts=True, seed=seed)
+    acc_real = recognised(train, test, key, seed)
     rows = []
     for k, cell_type in enumerate(added):
         new = train[(train.obs[key] == cell_type).to_numpy()].copy()
@@ -126,9 +131,7 @@ def one_after_another(adata, key: str, added: list[str], seed: int) -> pd.DataFr
         so_far = added[: k + 1]
         n_real = {t: int((test.obs[key].astype(str) == t).sum()) for t in so_far}
         gen = model.generate({t: max(n, 50) for t, n in n_real.items()}, seed=seed, progress_bar=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            acc_gen = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
+        acc_gen = recognised(train, gen, key, seed)
         ratios = {t: float(acc_gen[t] / acc_real[t]) for t in so_far}
         rows.append({
             "step": k + 1, "added": cell_type,
