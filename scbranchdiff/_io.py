@@ -1308,7 +1308,7 @@ def _check_residuals(
 def _residual_tensors(
     config: dict, tensors: Mapping[str, np.ndarray], kind: str, classes: list[str], var_names: list[str]
 ) -> set[str]:
-    from .latent import CountResidual
+    from .latent import CountOffset, CountResidual
 
     if kind == "obsm":
         raise _Corrupt("latent.config.residual_types", "given for an embedding, which does not decode")
@@ -1324,15 +1324,20 @@ def _residual_tensors(
             n_dims = _dim(tensors, f"{prefix}components", 0) if f"{prefix}components" in tensors else 0
             shapes = {"offset": (n_genes,), "components": (n_dims, n_genes), "std": (n_dims,)}
         else:
-            hidden = _shape(tensors, f"{prefix}hidden.weight") if f"{prefix}hidden.weight" in tensors else (0, 0)
-            n_hidden, n_dims = hidden if len(hidden) == 2 else (0, 0)
-            shapes = CountResidual.shapes(n_genes, n_dims, n_hidden, "zi.weight" in found)
-            if n_hidden < 1 or n_dims < 1:
-                raise _Corrupt(f"{prefix}hidden.weight", f"of {cell_type!r}: missing or empty", TENSORS_FILE)
             init = config.get("init_params")
             zinb = (init.get("gene_likelihood", "zinb") if isinstance(init, dict) else "zinb") == "zinb"
-            if ("zi.weight" in found) != zinb:
-                raise _Corrupt(f"{prefix}zi.weight", f"of {cell_type!r}: {'given' if not zinb else 'missing'}, "
+            if "hidden.weight" in found:  # a CountResidual (codes)
+                hidden = _shape(tensors, f"{prefix}hidden.weight")
+                n_hidden, n_dims = hidden if len(hidden) == 2 else (0, 0)
+                if n_hidden < 1 or n_dims < 1:
+                    raise _Corrupt(f"{prefix}hidden.weight", f"of {cell_type!r}: empty", TENSORS_FILE)
+                zi = "zi.weight"
+                shapes = CountResidual.shapes(n_genes, n_dims, n_hidden, zi in found)
+            else:  # a CountOffset
+                zi = "zi"
+                shapes = CountOffset.shapes(n_genes, zi in found)
+            if (zi in found) != zinb:
+                raise _Corrupt(f"{prefix}{zi}", f"of {cell_type!r}: {'given' if not zinb else 'missing'}, "
                                "but the scVI likelihood is " + ("" if zinb else "not ") + "zero-inflated",
                                TENSORS_FILE)
         _expect_tensors(sorted(prefix + k for k in found), {prefix + k for k in shapes})

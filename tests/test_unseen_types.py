@@ -2,11 +2,12 @@
 
 The base models' latents (PCA, scVI) are fitted on the old types only, so they cannot express
 the genes only a new type uses (each simulated leaf type up-regulates a program of its own).
-`add_cell_types` gives every new type a residual latent; the tests check that the new types'
-generated cells are recognised as often as real ones, that the frozen latent alone does not get
-there (so the residual is what does it), and that every earlier type - old or added before -
-keeps its generated latents and decoded expression bit for bit, through three additions and a
-save/load. About 60 s on 2 CPU cores.
+`add_cell_types` gives every new type a residual (default: an offset of the frozen decoder; the
+third PCA addition uses residual codes); the tests check that the new types' generated cells are
+recognised as often as real ones, that the frozen latent alone does not get there (so the
+residual is what does it), and that every earlier type - old or added before - keeps its
+generated latents and decoded expression bit for bit, through three additions and a save/load.
+About 60 s on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 NEW_TYPES = ["T_CD8", "DC_plasmacytoid", "B_memory"]  # added one after another
+RESIDUALS = [None, "offset", "codes"]  # the default (offset), the offset by name, residual codes
 SEED = 4
 
 
@@ -82,11 +84,11 @@ def three_additions(simulated, tmp_path_factory):
         base = tmp_path_factory.mktemp("unseen") / "base"
         model.save(str(base))
         samples = [model.generate(40, seed=SEED, n_steps=50, progress_bar=False)]
-        for cell_type in NEW_TYPES:
-            model.add_cell_types(_cells_of(train, cell_type), max_epochs=200, **FAST)
+        for cell_type, residual in zip(NEW_TYPES, RESIDUALS, strict=True):
+            model.add_cell_types(_cells_of(train, cell_type), max_epochs=200, residual=residual, **FAST)
             samples.append(model.generate(40, seed=SEED, n_steps=50, progress_bar=False))
         frozen = sbd.model.BranchedDiffusion.load(str(base), old.copy(), accelerator="cpu")
-        frozen.add_cell_types(_cells_of(train, NEW_TYPES[0]), max_epochs=200, n_residual=0, **FAST)
+        frozen.add_cell_types(_cells_of(train, NEW_TYPES[0]), max_epochs=200, residual="none", **FAST)
     return {"model": model, "frozen": frozen, "samples": samples, "train": train, "heldout": heldout,
             "old_types": list(sbd.model.BranchedDiffusion.load(str(base), old.copy()).classes)}
 
@@ -115,7 +117,8 @@ def test_every_earlier_type_stays_bit_identical_through_three_additions(three_ad
     assert _same_rows(samples[-1], uneven, old_types + NEW_TYPES[:1])
     settings = model.train_settings_["added_cell_types"]
     assert [s["cell_types"] for s in settings] == [[t] for t in NEW_TYPES]
-    assert all(s["n_residual"] == 10 for s in settings)
+    assert [(s["residual"], s["n_residual"]) for s in settings] == [("offset", 0), ("offset", 0), ("codes", 10)]
+    assert [r.n_dims for r in model.latent_backend.residuals.values()] == [0, 0, 10]
 
 
 def test_residuals_survive_save_and_load(three_additions, tmp_path):
@@ -140,16 +143,22 @@ def test_residuals_survive_save_and_load(three_additions, tmp_path):
         _io.validate_model_metadata(metadata, tensors)
 
 
-def test_bad_n_residual_is_refused_before_anything_changes(three_additions):
+def test_bad_residual_choices_are_refused_before_anything_changes(three_additions):
     model, train = three_additions["model"], three_additions["train"]
     classes = model.classes
     for bad in (-1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="`n_residual` must be a non-negative integer"):
             model.add_cell_types(_cells_of(train, "T_CD4").copy(), cell_types=None, n_residual=bad)
+    for residual, n_residual, message in (("bogus", None, "`residual` must be 'offset', 'codes' or 'none'"),
+                                          ("offset", 3, "`n_residual` is for residual='codes'"),
+                                          ("none", 2, "`n_residual` is for residual='codes'"),
+                                          ("codes", 0, "needs `n_residual` >= 1")):
+        with pytest.raises(ValueError, match=message):
+            model.add_cell_types(_cells_of(train, "T_CD4").copy(), residual=residual, n_residual=n_residual)
     assert model.classes == classes
 
 
-def test_scvi_latent_gets_room_for_a_type_it_never_saw(simulated):
+def test_scvi_latent_gets_room_for_a_type_it_never_saw(simulated, tmp_path):
     import scbranchdiff as sbd
 
     from conftest import FAST
@@ -171,3 +180,15 @@ def test_scvi_latent_gets_room_for_a_type_it_never_saw(simulated):
     generated = model.generate({"T_CD8": 150}, seed=0, n_steps=30, progress_bar=False)
     ratio = _ratios(train, heldout, generated, ["T_CD8"], is_counts=True, layer="counts")["T_CD8"]
     assert ratio >= 0.8
+    assert isinstance(model.latent_backend.residuals["T_CD8"], sbd.latent.CountOffset)
+    # saved and loaded, the offset decodes the same counts; a missing offset tensor is refused
+    from scbranchdiff import _io
+
+    model.save(str(tmp_path / "scvi"))
+    loaded = sbd.model.BranchedDiffusion.load(str(tmp_path / "scvi"), model.adata.copy(), accelerator="cpu")
+    again = loaded.generate({"T_CD8": 150}, seed=0, n_steps=30, progress_bar=False)
+    assert _same_rows(generated, again, ["T_CD8"])
+    metadata, tensors = _io.read_model_dir(tmp_path / "scvi")
+    del tensors["latent.residual.0.zi"]
+    with pytest.raises(ValueError, match="latent.residual.0.zi: of 'T_CD8': missing"):
+        _io.validate_model_metadata(metadata, tensors)

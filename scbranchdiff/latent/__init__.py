@@ -3,11 +3,12 @@
 from ._base import DecodedCells, LatentBackend, per_type_rngs
 from ._factory import BACKENDS, make_backend
 from ._pca import ObsmLatent, PCALatent
-from ._residual import CountResidual, PCAResidual
+from ._residual import CountOffset, CountResidual, PCAResidual
 from ._scvi import SCVILatent
 
 __all__ = [
     "BACKENDS",
+    "CountOffset",
     "CountResidual",
     "DecodedCells",
     "LatentBackend",

@@ -160,7 +160,8 @@ class LatentBackend(ABC):
         check_expression(adata, layer, needed_by)
 
     def add_cell_types(  # noqa: B027 - a backend with nothing to record keeps this
-        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int | None = None,
+        seed: int = 0,
     ) -> None:
         """Record what decoding new cell types needs (default: nothing).
 
@@ -169,9 +170,10 @@ class LatentBackend(ABC):
         adata, labels, layer
             The new types' cells, their types and the registered layer.
         n_residual
-            Dimensions of each new type's residual latent (0: none). Backends that decode give
-            every new type decoder weights of its own for these dimensions, fitted on its
-            cells; the latent model itself stays frozen and old types never use them.
+            Each new type's residual: None, none; 0, an offset (a per-type correction of the
+            decoder, no codes); k > 0, residual codes of k dimensions with decoder weights of
+            their own. Backends that decode fit it on the type's cells; the latent model itself
+            stays frozen and old types never use it.
         seed
             Seed of every random number drawn.
         """

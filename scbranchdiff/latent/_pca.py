@@ -97,10 +97,11 @@ class PCALatent(LatentBackend):
         return DecodedCells(X=x)
 
     def add_cell_types(
-        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int | None = None,
+        seed: int = 0,
     ) -> None:
-        """With ``n_residual > 0``: fit each new type's `PCAResidual` (the frozen PCA is kept)."""
-        if n_residual <= 0:
+        """Unless `n_residual` is None: fit each new type's `PCAResidual` (0: its offset only)."""
+        if n_residual is None:
             return
         x = _dense(counts_matrix(adata, self.layer))
         z = self.encode(adata)

@@ -9,15 +9,19 @@ from the distribution of the type's encoded codes; it is decoded by the frozen d
 by the type's residual. Old types never pass through a residual: they are decoded by the old
 code path with the old weights, so their cells cannot change.
 
-- PCA (`PCAResidual`): u are the principal components of what the frozen components leave of
-  the new type's cells (orthogonal to them), plus the type's mean offset there; codes are drawn
-  from N(0, diag(variance of each component)).
-- scVI (`CountResidual`): a small VAE stacked on the frozen scVI decoder. Given the frozen
-  decoder's output for z, the residual adds r(u) to the log expression frequencies (renormalised
-  to sum to one again), adds another r'(u) to the zero-inflation logits (ZINB) and multiplies the
-  inverse dispersion by exp(per-gene offset). Its encoder q(u | counts) trains with the ELBO on
-  the new cells only (the frozen scVI supplies z and the library size) and is dropped afterwards:
-  codes are drawn from the Gaussian with the mean and covariance of the aggregate posterior.
+- PCA (`PCAResidual`): the type's mean offset in the space the frozen components leave, plus
+  (with codes) the principal components of what remains there, codes drawn from
+  N(0, diag(variance of each component)).
+- scVI, offset (`CountOffset`, the default of `add_cell_types`): no codes. Given the frozen
+  decoder's output for z, per-gene offsets are added to the log expression frequencies
+  (renormalised to sum to one again) and to the zero-inflation logits (ZINB), and the inverse
+  dispersion is multiplied by exp(per-gene offset); fitted by maximum likelihood on the new
+  cells (the frozen scVI supplies z and the library size). The type's variety comes from z.
+- scVI, codes (`CountResidual`): a small VAE stacked on the frozen scVI decoder: the offsets
+  become functions r(u) of codes u. Its encoder q(u | counts) trains with the ELBO on the new
+  cells only and is dropped afterwards: codes are drawn from the Gaussian with the mean and
+  covariance of the aggregate posterior. Measured: codes drawn independently of z make the
+  type's cells easier to tell from real cells than the offset alone (docs: benchmarks).
 """
 
 from __future__ import annotations
@@ -123,6 +127,88 @@ class PCAResidual:
         return {"offset": self.offset, "components": self.components, "std": self.std}
 
 
+def _corrected(px: Any, log_frequency_shift: torch.Tensor, zi_shift: torch.Tensor | None,
+               log_theta: torch.Tensor) -> Any:
+    """The frozen decoder's distribution `px` with shifted log frequencies, zero-inflation logits
+    and inverse dispersion; the same scvi-tools class as `px` (NB, ZINB or Poisson)."""
+    from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+
+    kind = _likelihood(px)
+    scale = px.scale
+    frequencies = torch.softmax(torch.log(scale.clamp_min(1e-30)) + log_frequency_shift, dim=-1)
+    mean = px.rate if kind == "poisson" else px.mu
+    # the frozen decoder's size factor, kept: mean = size * frequencies
+    size = mean.sum(-1, keepdim=True) / scale.sum(-1, keepdim=True)
+    mu = size * frequencies
+    if kind == "poisson":
+        return Poisson(rate=mu, scale=frequencies, validate_args=False)
+    theta = px.theta * torch.exp(log_theta)
+    if kind == "zinb":
+        return ZeroInflatedNegativeBinomial(
+            mu=mu, theta=theta, zi_logits=px.zi_logits + zi_shift, scale=frequencies, validate_args=False
+        )
+    return NegativeBinomial(mu=mu, theta=theta, scale=frequencies, validate_args=False)
+
+
+class CountOffset(nn.Module):
+    """A new type's per-gene correction of a frozen scVI decoder (no codes).
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    zero_inflated
+        Whether the frozen decoder is zero-inflated (ZINB): then the zero-inflation logits get an
+        offset too.
+
+    Notes
+    -----
+    Offsets start at zero, so an unfitted offset decodes exactly like the frozen decoder. The
+    type's cells vary through their latents z only, like the cells of every old type.
+
+    Examples
+    --------
+    >>> from scbranchdiff.latent import CountOffset
+    >>> offset = CountOffset(n_genes=100, zero_inflated=True)
+    >>> offset.n_dims, offset.sample_codes(3).shape
+    (0, torch.Size([3, 0]))
+    """
+
+    def __init__(self, n_genes: int, zero_inflated: bool) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(n_genes))
+        self.zi = nn.Parameter(torch.zeros(n_genes)) if zero_inflated else None
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+
+    n_dims = 0
+
+    def sample_codes(self, n: int) -> torch.Tensor:
+        """No codes: an empty (n, 0) tensor."""
+        return torch.zeros(n, 0, device=self.scale.device)
+
+    def forward(self, px: Any, codes: torch.Tensor | None = None) -> Any:
+        """The frozen decoder's distribution `px` corrected by the offsets (`codes` unused)."""
+        return _corrected(px, self.scale, self.zi, self.log_theta)
+
+    @classmethod
+    def shapes(cls, n_genes: int, zero_inflated: bool) -> dict[str, tuple[int, ...]]:
+        """Shape of every tensor of an offset, by ``state_dict`` name."""
+        return {"scale": (n_genes,), "log_theta": (n_genes,), **({"zi": (n_genes,)} if zero_inflated else {})}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> CountOffset:
+        """An offset rebuilt from its ``state_dict`` arrays."""
+        offset = cls(len(tensors["log_theta"]), zero_inflated="zi" in tensors)
+        offset.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in tensors.items()})
+        offset.requires_grad_(False)
+        return offset.eval()
+
+
+def count_residual_from_tensors(tensors: dict[str, np.ndarray]) -> CountResidual | CountOffset:
+    """A saved scVI residual: with codes (`CountResidual`) or an offset (`CountOffset`)."""
+    return (CountResidual if "hidden.weight" in tensors else CountOffset).from_tensors(tensors)
+
+
 class CountResidual(nn.Module):
     """A new type's correction of a frozen scVI decoder, driven by residual codes u.
 
@@ -181,24 +267,8 @@ class CountResidual(nn.Module):
 
         Returns a distribution of the same scvi-tools class as `px` (NB, ZINB or Poisson).
         """
-        from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-
-        kind = _likelihood(px)
         h = torch.relu(self.hidden(codes))
-        scale = px.scale
-        frequencies = torch.softmax(torch.log(scale.clamp_min(1e-30)) + self.scale(h), dim=-1)
-        mean = px.rate if kind == "poisson" else px.mu
-        # the frozen decoder's size factor, kept: mean = size * frequencies
-        size = mean.sum(-1, keepdim=True) / scale.sum(-1, keepdim=True)
-        mu = size * frequencies
-        if kind == "poisson":
-            return Poisson(rate=mu, scale=frequencies, validate_args=False)
-        theta = px.theta * torch.exp(self.log_theta)
-        if kind == "zinb":
-            return ZeroInflatedNegativeBinomial(
-                mu=mu, theta=theta, zi_logits=px.zi_logits + self.zi(h), scale=frequencies, validate_args=False
-            )
-        return NegativeBinomial(mu=mu, theta=theta, scale=frequencies, validate_args=False)
+        return _corrected(px, self.scale(h), None if self.zi is None else self.zi(h), self.log_theta)
 
     @classmethod
     def shapes(cls, n_genes: int, n_dims: int, n_hidden: int, zero_inflated: bool) -> dict[str, tuple[int, ...]]:
@@ -254,7 +324,7 @@ def fit_count_residual(
     seed: int = 0,
     n_hidden: int = RESIDUAL_HIDDEN,
     n_steps: int | None = None,
-) -> CountResidual:
+) -> CountResidual | CountOffset:
     """Fit the residual of one new type on top of a frozen scVI module.
 
     Parameters
@@ -268,17 +338,18 @@ def fit_count_residual(
     z
         Their scVI latents (posterior means, what the diffusion learns and generates).
     n_dims
-        Dimension of the residual codes.
+        Dimension of the residual codes; 0: a `CountOffset` (no codes), fitted by maximum
+        likelihood, else a `CountResidual`, fitted with the ELBO.
     seed
         Seed of the initialisation, the batches and the reparametrisation noise.
     n_hidden
-        Hidden width of the residual's encoder and decoder.
+        Hidden width of the residual's encoder and decoder (codes only).
     n_steps
         Optimiser steps (default: `residual_steps`).
 
     Returns
     -------
-    The residual, frozen, in eval mode, with the code distribution set.
+    The residual, frozen, in eval mode (with codes: with the code distribution set).
     """
     device = next(module.parameters()).device
     n_genes = int(counts.shape[1])
@@ -288,42 +359,52 @@ def fit_count_residual(
     module.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        residual = CountResidual(n_genes, n_dims, n_hidden, zero_inflated).to(device)
-        encoder = _CodeEncoder(n_genes, n_dims, n_hidden).to(device)
-        optimiser = torch.optim.Adam(
-            [*residual.parameters(), *encoder.parameters()], lr=RESIDUAL_LR, weight_decay=1e-6, foreach=True
-        )
+        if n_dims == 0:
+            residual, encoder = CountOffset(n_genes, zero_inflated).to(device), None
+        else:
+            residual = CountResidual(n_genes, n_dims, n_hidden, zero_inflated).to(device)
+            encoder = _CodeEncoder(n_genes, n_dims, n_hidden).to(device)
+        parameters = [*residual.parameters(), *(encoder.parameters() if encoder is not None else [])]
+        optimiser = torch.optim.Adam(parameters, lr=RESIDUAL_LR, weight_decay=1e-6, foreach=True)
         order = np.random.default_rng(seed)
         batch_size = min(RESIDUAL_BATCH_SIZE, len(z))
         frozen = _FrozenOutputs(module, counts, log_library, batch, z, device)
         for _ in range(n_steps):
             rows = np.sort(order.choice(len(z), size=batch_size, replace=False))
             x, px = frozen.rows(rows)
-            mean, log_var = encoder(x)
-            codes = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
-            nll = -residual(px, codes).log_prob(x).sum(-1)
-            kl = 0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0).sum(-1)
-            loss = (nll + kl).mean()
+            if encoder is None:
+                loss = -residual(px).log_prob(x).sum(-1).mean()
+            else:
+                mean, log_var = encoder(x)
+                codes = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
+                nll = -residual(px, codes).log_prob(x).sum(-1)
+                kl = 0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0).sum(-1)
+                loss = (nll + kl).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-        # the aggregate posterior's moments: what codes of the type look like
-        with torch.no_grad():
-            means, variances = [], []
-            for start in range(0, len(z), 4096):
-                x = _dense_rows(counts, np.arange(start, min(start + 4096, len(z))), device)
-                m, lv = encoder(x)
-                means.append(m)
-                variances.append(torch.exp(lv))
-            m, v = torch.cat(means).double(), torch.cat(variances).double()
-            centred = m - m.mean(0)
-            cov = centred.T @ centred / len(m) + torch.diag(v.mean(0))
-            cov += 1e-6 * torch.eye(n_dims, dtype=cov.dtype, device=device)
-            residual.code_mean.copy_(m.mean(0).float())
-            residual.code_chol.copy_(torch.linalg.cholesky(cov).float())
+        if encoder is not None:
+            _set_code_distribution(residual, encoder, counts, device)
     module.train(was_training)
     residual.requires_grad_(False)
     return residual.eval()
+
+
+@torch.no_grad()
+def _set_code_distribution(residual: CountResidual, encoder: _CodeEncoder, counts: Any, device: torch.device) -> None:
+    """The aggregate posterior's moments: what codes of the type look like."""
+    means, variances = [], []
+    for start in range(0, counts.shape[0], 4096):
+        x = _dense_rows(counts, np.arange(start, min(start + 4096, counts.shape[0])), device)
+        m, lv = encoder(x)
+        means.append(m)
+        variances.append(torch.exp(lv))
+    m, v = torch.cat(means).double(), torch.cat(variances).double()
+    centred = m - m.mean(0)
+    cov = centred.T @ centred / len(m) + torch.diag(v.mean(0))
+    cov += 1e-6 * torch.eye(residual.n_dims, dtype=cov.dtype, device=device)
+    residual.code_mean.copy_(m.mean(0).float())
+    residual.code_chol.copy_(torch.linalg.cholesky(cov).float())
 
 
 def _dense_rows(counts: Any, rows: np.ndarray, device: torch.device) -> torch.Tensor:

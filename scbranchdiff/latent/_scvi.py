@@ -15,7 +15,7 @@ from anndata import AnnData
 
 from .._checks import check_counts
 from ._base import DecodedCells, LatentBackend, per_type_rngs
-from ._residual import CountResidual, fit_count_residual
+from ._residual import CountOffset, CountResidual, count_residual_from_tensors, fit_count_residual
 
 _SUPPORTED_SETUP_ARGS = {"layer", "batch_key"}
 
@@ -88,7 +88,7 @@ class SCVILatent(LatentBackend):
         self.library: dict[str, np.ndarray] = {}
         self.library_batch: dict[str, np.ndarray] = {}
         # per added cell type: its residual on top of the frozen decoder (see add_cell_types)
-        self.residuals: dict[str, CountResidual] = {}
+        self.residuals: dict[str, CountResidual | CountOffset] = {}
 
     @property
     def n_latent(self) -> int:
@@ -208,7 +208,7 @@ class SCVILatent(LatentBackend):
         return DecodedCells(X=counts, layers={"expected": expected}, obs=obs)
 
     def _sample(
-        self, latent: np.ndarray, log_library: np.ndarray, batch: np.ndarray, residual: CountResidual | None,
+        self, latent: np.ndarray, log_library: np.ndarray, batch: np.ndarray, residual: CountResidual | CountOffset | None,
         seed: int, device: torch.device,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Sampled counts and expected expression of cells of one type (torch seeded by `seed`)."""
@@ -291,17 +291,19 @@ class SCVILatent(LatentBackend):
         for i, cell_type in enumerate(config.get("residual_types", [])):
             prefix = f"residual.{i}."
             own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            backend.residuals[cell_type] = CountResidual.from_tensors(own)
+            backend.residuals[cell_type] = count_residual_from_tensors(own)
         return backend
 
     def add_cell_types(
-        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int = 0, seed: int = 0
+        self, adata: AnnData, labels: np.ndarray, layer: str | None, *, n_residual: int | None = None,
+        seed: int = 0,
     ) -> None:
         """Record what decoding new cell types needs; the scVI model itself stays frozen.
 
-        Records the types' library sizes (and batches). With ``n_residual > 0`` each type also
-        gets a `CountResidual` with codes of that dimension, fitted on its cells on top of the
-        frozen decoder: its generated cells are decoded with it, every other type's are not.
+        Records the types' library sizes (and batches). With ``n_residual=0`` each type also
+        gets a `CountOffset`, with ``n_residual > 0`` a `CountResidual` with codes of that
+        dimension, fitted on its cells on top of the frozen decoder: its generated cells are
+        decoded with it, every other type's are not.
         All or nothing: the records change only when every type's values were computed.
         """
         counts = counts_matrix(adata, layer)
@@ -311,7 +313,7 @@ class SCVILatent(LatentBackend):
         library = {c: log_library[labels == c] for c in types}
         library_batch = {c: batches[labels == c] for c in types}
         residuals = {}
-        if n_residual > 0:
+        if n_residual is not None:
             z = self.encode(adata)
             for k, c in enumerate(types):
                 rows = np.nonzero(labels == c)[0]

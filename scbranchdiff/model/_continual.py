@@ -62,6 +62,7 @@ class ContinualLearningMixin:
         seed: int = 0,
         plan_kwargs: dict | None = None,
         checkpoint_dir: str | None = None,
+        residual: str | None = None,
         n_residual: int | None = None,
         **trainer_kwargs: Any,
     ) -> None:
@@ -91,10 +92,27 @@ class ContinualLearningMixin:
         batch_size, lr, ema_decay, accelerator, devices, seed, plan_kwargs, checkpoint_dir, **trainer_kwargs
             As in :meth:`train` (the same training path: trainer settings, DDP strategies,
             checkpoints and resuming with ``ckpt_path="last"``).
+        residual
+            What each new type gets beyond the frozen latent model (latents that decode only):
+
+            - ``"offset"`` (default): a per-type correction of the frozen decoder, fitted on the
+              type's cells (scVI: :class:`~scbranchdiff.latent.CountOffset`, offsets of the log
+              expression frequencies, zero-inflation and dispersion; PCA: the type's mean in the
+              space the frozen components leave). The type varies through its latents, like
+              every other type.
+            - ``"codes"``: residual codes of `n_residual` dimensions with decoder weights of
+              their own (scVI: :class:`~scbranchdiff.latent.CountResidual`; PCA: the type's
+              own principal components beyond the frozen ones), drawn at random per cell.
+              Measured to make cells easier to tell from real ones than the offset (docs:
+              benchmarks); kept for types the offset cannot describe.
+            - ``"none"``: the frozen latent model alone (the behaviour before 0.4).
+
+            Default for a given embedding (nothing to decode): ``"none"``. For compatibility
+            with 0.4, ``n_residual=0`` alone means ``"none"`` and ``n_residual > 0`` alone
+            means ``"codes"``.
         n_residual
-            Dimensions of each new type's residual latent. Default: the latent's dimension
-            (``n_latent``) for latents that decode (scVI, PCA); 0 for a given embedding.
-            0 decodes the new types with the frozen latent model alone.
+            Dimensions of the residual codes with ``residual="codes"`` (default: the latent's
+            dimension, ``n_latent``).
 
         Raises
         ------
@@ -113,16 +131,12 @@ class ContinualLearningMixin:
         ``history_`` then holds the addition's training history.
 
         The latent model is frozen. A latent fitted without a type cannot express what only
-        that type does (the genes only it uses): with ``n_residual=0`` its generated cells look
-        like their nearest old relative. The residual latent gives it room: a generated cell of
-        a new type is the diffusion's latent (in the frozen latent, placed in the hierarchy like
-        any type) plus a residual code drawn from the type's own code distribution, decoded by
-        the frozen decoder corrected by the type's residual (for scVI a
-        :class:`~scbranchdiff.latent.CountResidual`, a small VAE on top of the frozen decoder;
-        for PCA a :class:`~scbranchdiff.latent.PCAResidual`, the type's own components beyond
-        the frozen ones). Old types never pass
-        through a residual, so their decoded cells cannot change; the residuals of earlier
-        additions stay frozen like everything else. The join points are found from the
+        that type does (the genes only it uses): with ``residual="none"`` its generated cells
+        look like their nearest old relative. The residual gives it room: a generated cell of a
+        new type is the diffusion's latent (in the frozen latent, placed in the hierarchy like
+        any type), decoded by the frozen decoder corrected by the type's residual. Old types
+        never pass through a residual, so their decoded cells cannot change; the residuals of
+        earlier additions stay frozen like everything else. The join points are found from the
         registered AnnData's cells of the old types (a model loaded with an AnnData lacking
         some old types uses the types present).
 
@@ -159,7 +173,7 @@ class ContinualLearningMixin:
                 "the flat model on all cells instead."
             )
         check_training_arguments(max_epochs, batch_size, lr, ema_decay, seed)
-        n_residual = self._residual_dims(n_residual)
+        residual, n_residual = self._residual_choice(residual, n_residual)
         self._check_real_cells("`add_cell_types` (the old types' cells place the new ones)")
         callbacks = checkpoint_callbacks(checkpoint_dir, trainer_kwargs)
         pl.seed_everything(seed, verbose=False)
@@ -213,22 +227,39 @@ class ContinualLearningMixin:
                 "lr": float(lr),
                 "ema_decay": float(ema_decay),
                 "seed": int(seed),
-                "n_residual": int(n_residual),
+                "residual": residual,
+                "n_residual": n_residual,
             }
         )
 
     # ------------------------------------------------------------------ helpers
-    def _residual_dims(self, n_residual: int | None) -> int:
-        if n_residual is None:
-            return int(self.latent_backend.n_latent) if self.latent_backend.can_decode else 0
-        if isinstance(n_residual, bool) or not isinstance(n_residual, int | np.integer) or n_residual < 0:
+    def _residual_choice(self, residual: str | None, n_residual: int | None) -> tuple[str, int | None]:
+        """(residual kind, what the backend gets: None = none, 0 = offset, k = k code dimensions)."""
+        if n_residual is not None and (
+            isinstance(n_residual, bool) or not isinstance(n_residual, int | np.integer) or n_residual < 0
+        ):
             raise ValueError(f"`n_residual` must be a non-negative integer, got {n_residual!r}.")
-        if n_residual and not self.latent_backend.can_decode:
+        if residual is None:
+            if n_residual is None:
+                residual = "offset" if self.latent_backend.can_decode else "none"
+            else:  # the meaning of n_residual alone in 0.4
+                residual = "codes" if n_residual > 0 else "none"
+        if residual not in ("offset", "codes", "none"):
+            raise ValueError(f"`residual` must be 'offset', 'codes' or 'none', got {residual!r}.")
+        if residual != "none" and not self.latent_backend.can_decode:
             raise ValueError(
-                "`n_residual` needs a latent that decodes (scVI or PCA); the model's latent is a "
-                "given embedding: pass n_residual=0."
+                f"`residual={residual!r}` needs a latent that decodes (scVI or PCA); the model's latent "
+                "is a given embedding: pass residual='none'."
             )
-        return int(n_residual)
+        if residual == "codes":
+            n_residual = int(self.latent_backend.n_latent if n_residual is None else n_residual)
+            if n_residual < 1:
+                raise ValueError("`residual='codes'` needs `n_residual` >= 1.")
+            return residual, n_residual
+        if n_residual is not None and not (residual == "none" and n_residual == 0):
+            raise ValueError(f"`n_residual` is for residual='codes', got residual={residual!r} and "
+                             f"n_residual={n_residual!r}.")
+        return residual, (0 if residual == "offset" else None)
 
     def _new_type_cells(
         self, adata_new: AnnData, cell_types: Sequence[str] | None
