@@ -181,13 +181,23 @@ def test_scvi_latent_gets_room_for_a_type_it_never_saw(simulated, tmp_path):
     ratio = _ratios(train, heldout, generated, ["T_CD8"], is_counts=True, layer="counts")["T_CD8"]
     assert ratio >= 0.8
     assert isinstance(model.latent_backend.residuals["T_CD8"], sbd.latent.CountOffset)
-    # saved and loaded, the offset decodes the same counts; a missing offset tensor is refused
+    # a second type with residual codes; T_CD8 and the old types stay as they were
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.add_cell_types(_cells_of(train, "B_memory"), max_epochs=100, residual="codes", n_residual=4, **FAST)
+    codes = model.latent_backend.residuals["B_memory"]
+    assert isinstance(codes, sbd.latent.CountResidual) and codes.n_dims == 4
+    three = model.generate({**dict.fromkeys(old_types, 40), "T_CD8": 67, "B_memory": 30}, seed=SEED, n_steps=30,
+                           progress_bar=False)
+    assert _same_rows(both, three, [*old_types, "T_CD8"])
+    # saved and loaded, both residuals decode the same counts; a missing offset tensor is refused
     from scbranchdiff import _io
 
     model.save(str(tmp_path / "scvi"))
     loaded = sbd.model.BranchedDiffusion.load(str(tmp_path / "scvi"), model.adata.copy(), accelerator="cpu")
-    again = loaded.generate({"T_CD8": 150}, seed=0, n_steps=30, progress_bar=False)
-    assert _same_rows(generated, again, ["T_CD8"])
+    again = loaded.generate({**dict.fromkeys(old_types, 40), "T_CD8": 67, "B_memory": 30}, seed=SEED, n_steps=30,
+                            progress_bar=False)
+    assert _same_rows(three, again, list(model.classes))
     metadata, tensors = _io.read_model_dir(tmp_path / "scvi")
     del tensors["latent.residual.0.zi"]
     with pytest.raises(ValueError, match="latent.residual.0.zi: of 'T_CD8': missing"):
