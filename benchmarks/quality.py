@@ -28,7 +28,16 @@ Methods (all share one scVI, trained once on the training cells by the branched 
   by its own decoder with library sizes drawn from real cells of the type;
 - ``decoded_real``: the scVI latents of F decoded (the floor for anything decoded by the
   same autoencoder);
-- ``real``: F itself (the split-half floor: what a perfect generator would score).
+- ``real``: F itself (the split-half floor: what a perfect generator would score);
+- ``cfgen`` (with ``--cfgen PATH``, a checkout of theislab/CFGen, and its requirements
+  installed): the published peer, trained from its own code with its published settings on the
+  same training cells (``benchmarks/_cfgen.py``); it has its own autoencoder, so its
+  ``auc_latent`` is NaN.
+
+The peers' protocol (:func:`scbranchdiff.metrics.peer_protocol`: 2,000 seurat_v3 genes and a
+30-PC PCA of the held-out real cells R, per type with >= 20 cells in R) gives three more
+columns, means over those types: ``w2`` (exact W2), ``mmd`` (RBF-MMD, kernels summed over
+bandwidths 0.01-100) and ``knn_f1`` (macro-F1 of a 5-NN classifier trained on R).
 
 Run: ``python benchmarks/quality.py`` (all datasets) or ``--quick --datasets simulated``.
 """
@@ -60,7 +69,9 @@ from _common import (
 )
 
 METHODS = ("branched", "flat", "gmm", "scanvi", "decoded_real", "real")
-COLUMNS = ("auc_latent", "auc_latent_rare", "auc_pca", "auc_pca_rare", "label_ratio", "label_ratio_rare", "fit_s")
+PEERS = ("cfgen",)  # run from their own code when available (--cfgen PATH)
+COLUMNS = ("auc_latent", "auc_latent_rare", "auc_pca", "auc_pca_rare", "label_ratio", "label_ratio_rare",
+           "w2", "mmd", "knn_f1", "fit_s")
 
 
 def gmm_sample(z_train: np.ndarray, labels: np.ndarray, counts: dict[str, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +142,19 @@ def scanvi_sample(model, backend, counts: dict[str, int], labels_key: str, var, 
     return z.numpy(), gen
 
 
+def peer_scores(ref, gen, key: str, seed: int) -> dict[str, float]:
+    """The peers' protocol against the reference cells: mean W2, MMD and kNN macro-F1 over types."""
+    from scbranchdiff.metrics import peer_protocol
+
+    try:
+        table = peer_protocol(ref, gen, key, layer="counts", seed=seed)
+    except ValueError as error:  # no type with 20 reference cells (tiny data)
+        if "No cell type has" not in str(error):
+            raise
+        return dict.fromkeys(("w2", "mmd", "knn_f1"), np.nan)
+    return {c: float(table.loc["overall", c]) for c in ("w2", "mmd", "knn_f1")}
+
+
 def run_dataset(name: str, args) -> pd.DataFrame:
     import scanpy as sc  # noqa: F401  (import cost outside the timings)
 
@@ -196,6 +220,20 @@ def run_dataset(name: str, args) -> pd.DataFrame:
     z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
     outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
 
+    methods = list(METHODS)
+    if args.cfgen is not None:
+        import _cfgen
+
+        why_not = _cfgen.available(args.cfgen)
+        if why_not:
+            print(f"cfgen skipped: {why_not}", flush=True)
+        else:
+            budget = {"encoder_epochs": 2, "fm_epochs": 2} if args.quick else {}
+            fit_s["cfgen"], gen = timed(lambda: _cfgen.fit_and_sample(train, key, counts, args.cfgen, seed=args.seed,
+                                                                      **budget))
+            outputs["cfgen"] = (None, gen.obs[key], z_ref, ref_labels, gen)
+            methods.append("cfgen")
+
     outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=args.seed))
     outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
 
@@ -203,9 +241,10 @@ def run_dataset(name: str, args) -> pd.DataFrame:
     pcs_ref = space.transform(ref)
     acc_ref = label_transfer_accuracy(train, ref, key, layer="counts", is_counts=True, seed=args.seed)
     rows = {}
-    for method in METHODS:
+    for method in methods:
         z, zl, zr, rl, gen = outputs[method]
-        auc_lat = per_type_auc(zr, rl, np.asarray(z), zl, types, args.seed)
+        auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, args.seed) if z is not None
+                   else pd.Series(np.nan, index=types))
         if method in ("decoded_real", "real"):
             auc_lat[:] = per_type_auc(z_ref, ref_labels, z_floor, floor_labels, types, args.seed)
         auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, args.seed)
@@ -217,6 +256,7 @@ def run_dataset(name: str, args) -> pd.DataFrame:
             "auc_pca": pca["common"], "auc_pca_rare": pca["rare"],
             "label_ratio": num["common"] / den["common"] if den["common"] else np.nan,
             "label_ratio_rare": num["rare"] / den["rare"] if den["rare"] else np.nan,
+            **peer_scores(ref, gen, key, args.seed),
             "fit_s": fit_s.get(method, np.nan),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
@@ -243,7 +283,10 @@ def main(argv=None) -> None:
     parser.add_argument("--scanvi-epochs", type=int, default=None)
     parser.add_argument("--n-steps", type=int, default=None, help="SDE sampler steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfgen", default=None, metavar="PATH",
+                        help="a checkout of theislab/CFGen: also train and score CFGen (skipped when absent)")
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    parser.add_argument("--section", default="quality", help="the docs section to write (default: quality)")
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, small in (("steps", 1000, 30), ("width", 128, 32), ("latent_epochs", 50, 2),
@@ -260,13 +303,22 @@ def main(argv=None) -> None:
         print(table.round(3).to_string(), flush=True)
     if args.write_docs:
         command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
-        settings = (f"Budget, the same for every method: {args.steps} optimiser steps (batch {BATCH_SIZE}) for both "
+        settings = (f"Budget: {args.steps} optimiser steps (batch {BATCH_SIZE}) for both "
                     f"diffusion models, width {args.width}; shared scVI {args.latent_epochs} epochs; scANVI "
                     f"{args.scanvi_epochs} epochs from that scVI; SDE sampler with {args.n_steps} steps; seed {args.seed}.")
-        body = [header(command.replace(" --write-docs", "")), settings, ""]
+        if any("cfgen" in t.index for t in tables.values()):
+            import _cfgen
+
+            settings += (f" CFGen: its published settings (autoencoder {_cfgen.ENCODER['dims']} "
+                         f"{_cfgen.ENCODER_EPOCHS} epochs, flow matching `resnet_big` {_cfgen.FM_EPOCHS} epochs, "
+                         f"batch {_cfgen.BATCH_SIZE}, guidance weight 1); its own autoencoder, no shared scVI.")
+        command = command.replace(" --write-docs", "").replace(f" --section {args.section}", "")
+        if args.cfgen is not None:
+            command = command.replace(args.cfgen, "PATH/TO/CFGen")
+        body = [header(command), settings, ""]
         for table in tables.values():
             body += [table.attrs["caption"], "", markdown(table), ""]
-        write_section("quality", "\n".join(body))
+        write_section(args.section, "\n".join(body))
 
 
 if __name__ == "__main__":
