@@ -69,7 +69,6 @@ from _common import (
 )
 
 METHODS = ("branched", "flat", "gmm", "scanvi", "decoded_real", "real")
-PEERS = ("cfgen",)  # run from their own code when available (--cfgen PATH)
 COLUMNS = ("auc_latent", "auc_latent_rare", "auc_pca", "auc_pca_rare", "label_ratio", "label_ratio_rare",
            "w2", "mmd", "knn_f1", "fit_s")
 

@@ -18,11 +18,12 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 from sklearn.decomposition import PCA
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, pairwise_distances
 from sklearn.neighbors import KNeighborsClassifier
 
 from .._checks import (
     cell_type_labels,
+    check_positive_int,
     expression_matrix,
     gene_indexer,
     has_negative_values,
@@ -77,7 +78,7 @@ def peer_mmd(x: np.ndarray, y: np.ndarray, sigmas: Sequence[float] = PEER_MMD_SI
     x, y = x[:m], y[:m]
 
     def mean_kernel(a: np.ndarray, b: np.ndarray) -> float:
-        squared = np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+        squared = pairwise_distances(a, b, metric="sqeuclidean")
         return float(sum(np.exp(-squared / (2.0 * s**2)).mean() for s in sigmas))
 
     return mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y)
@@ -177,8 +178,7 @@ def peer_protocol(
         ("min_cells", min_cells),
         ("n_neighbors", n_neighbors),
     ):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        check_positive_int(name, value)
     if not target_sum > 0:
         raise ValueError(f"`target_sum` must be positive, got {target_sum!r}.")
     real_labels = cell_type_labels(adata_real, labels_key, name="adata_real")

@@ -32,7 +32,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from .._checks import check_labels, check_training_arguments
+from .._checks import check_labels, check_non_negative_int, check_training_arguments
 from ..hierarchy import Hierarchy, insert_classes
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
@@ -235,10 +235,8 @@ class ContinualLearningMixin:
     # ------------------------------------------------------------------ helpers
     def _residual_choice(self, residual: str | None, n_residual: int | None) -> tuple[str, int | None]:
         """(residual kind, what the backend gets: None = none, 0 = offset, k = k code dimensions)."""
-        if n_residual is not None and (
-            isinstance(n_residual, bool) or not isinstance(n_residual, int | np.integer) or n_residual < 0
-        ):
-            raise ValueError(f"`n_residual` must be a non-negative integer, got {n_residual!r}.")
+        if n_residual is not None:
+            n_residual = check_non_negative_int("n_residual", n_residual)
         if residual is None:
             if n_residual is None:
                 residual = "offset" if self.latent_backend.can_decode else "none"
