@@ -1085,7 +1085,7 @@ def _validate(metadata: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) ->
         raise _Corrupt("is_flat", f"{_show(is_flat)} is not true or false")
     net = _check_network(_dict(metadata["network"], "network"), tensors, classes, is_flat)
     _check_hierarchy(metadata["hierarchy"], classes, net["n_branches"])
-    _check_scaling(tensors, net["n_latent"])
+    _check_scaling(tensors, net["n_latent"], len(classes))
     _check_latent(_dict(metadata["latent"], "latent"), tensors, net["n_latent"], classes, var_names)
     setup = _dict(metadata["setup_args"], "setup_args")
     if set(setup) != {"labels_key", "layer", "batch_key"}:
@@ -1243,7 +1243,7 @@ def _check_hierarchy(hierarchy: Any, classes: list[str], n_branches: int) -> Non
         raise _Corrupt("hierarchy", " ".join(str(e).split())) from None
 
 
-def _check_scaling(tensors: Mapping[str, np.ndarray], n_latent: int) -> None:
+def _check_scaling(tensors: Mapping[str, np.ndarray], n_latent: int, n_classes: int) -> None:
     for name in ("scaling.mean", "scaling.scale"):
         if _shape(tensors, name) != (n_latent,):
             raise _Corrupt(name, f"has shape {_shape(tensors, name)}, expected ({n_latent},)", TENSORS_FILE)
@@ -1251,9 +1251,28 @@ def _check_scaling(tensors: Mapping[str, np.ndarray], n_latent: int) -> None:
             raise _Corrupt(name, "is not a float tensor", TENSORS_FILE)
     if not (np.asarray(tensors["scaling.scale"]) > 0).all():
         raise _Corrupt("scaling.scale", "has values <= 0; the latent scale must be positive", TENSORS_FILE)
-    extra = sorted(k for k in tensors if k.startswith("scaling.") and k not in ("scaling.mean", "scaling.scale"))
+    moments = ("scaling.class_mean", "scaling.class_cov")
+    extra = sorted(k for k in tensors if k.startswith("scaling.") and k not in ("scaling.mean", "scaling.scale", *moments))
     if extra:
         raise _Corrupt(extra[0], "is not a tensor of the model", TENSORS_FILE)
+    present = [name for name in moments if name in tensors]
+    if len(present) == 1:
+        missing = next(name for name in moments if name not in tensors)
+        raise _Corrupt(missing, f"missing (the file has {present[0]})", TENSORS_FILE)
+    if present:
+        expected = {"scaling.class_mean": (n_classes, n_latent), "scaling.class_cov": (n_classes, n_latent, n_latent)}
+        for name, shape in expected.items():
+            if _shape(tensors, name) != shape:
+                raise _Corrupt(name, f"has shape {_shape(tensors, name)}, expected {shape}", TENSORS_FILE)
+            if np.asarray(tensors[name]).dtype.kind != "f":
+                raise _Corrupt(name, "is not a float tensor", TENSORS_FILE)
+        cov = np.asarray(tensors["scaling.class_cov"], dtype=np.float64)
+        scale = max(1.0, float(np.abs(cov).max()))
+        if not np.allclose(cov, cov.transpose(0, 2, 1), atol=1e-5 * scale) or (
+            np.linalg.eigvalsh((cov + cov.transpose(0, 2, 1)) / 2).min() < -1e-4 * scale
+        ):
+            raise _Corrupt("scaling.class_cov", "is not a set of covariance matrices (symmetric, "
+                           "positive semi-definite)", TENSORS_FILE)
 
 
 _LATENT_KINDS = ("scvi", "pca", "obsm")

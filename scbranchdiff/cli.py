@@ -400,7 +400,7 @@ def _cmd_transmute(args: argparse.Namespace) -> None:
     out = model.transmute(
         target=args.target, indices=indices, t=args.t, sampler=args.sampler,
         n_steps=args.n_steps, seed=args.seed, batch_size=args.batch_size,
-        progress_bar=not args.quiet,
+        progress_bar=not args.quiet, match=not args.no_match,
     )
     _write_h5ad(out, args.out, overwrite=args.overwrite)
     print(f"Wrote {out.n_obs} cells transmuted into {args.target!r} to {args.out} in {time.perf_counter() - start:.1f} s")
@@ -563,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--t", type=_noise_time, default=None, help="noise time in (0, 1] (None: each type's split time)")
     tra.add_argument("--n-steps", type=_positive_int, default=None, help="steps of a full path (None: 100 ode, 200 sde, 50 ancestral)")
     tra.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (sde)")
+    tra.add_argument("--no-match", action="store_true",
+                     help="use the states at the split time as they are (the paper's version), without "
+                     "moving them onto the target type's noised distribution")
     tra.add_argument("--batch-size", type=_positive_int, default=10_000, help="cells integrated at once")
     tra.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _common_options(tra, top=False)

@@ -160,6 +160,14 @@ def test_transmute_turns_the_selected_cells_into_the_target(trained_dir, simulat
     expected = adata.obs_names[adata.obs["cell_type"] == source]
     assert list(result.obs["source_cell"]) == list(expected)
     assert (result.obs["t_split"] > 0).all()
+    assert bool(result.uns["scbranchdiff"]["match"]) is True
+    # --no-match: the paper's version, states at the split used as they are
+    plain = tmp_path / "plain.h5ad"
+    assert main(["transmute", str(trained_dir), str(path), str(plain), "--target", target,
+                 "--source-types", source, "--n-steps", "20", "--no-match", "--quiet"]) == 0
+    unmatched = ad.read_h5ad(plain)
+    assert bool(unmatched.uns["scbranchdiff"]["match"]) is False
+    assert not np.allclose(unmatched.obsm["X_latent"], result.obsm["X_latent"])
 
 
 def test_transmute_into_an_unknown_type_is_one_line(trained_dir, simulated_file, tmp_path, capsys):

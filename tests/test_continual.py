@@ -146,6 +146,16 @@ def test_add_cell_types_extends_classes_and_hierarchy(continual):
     assert list(new.uns) == list(given.uns)
     added = model.train_settings_["added_cell_types"]
     assert added[-1]["cell_types"] == NEW_TYPES
+    # transmutation's type moments grow with the types: old rows as trained, new from the new cells
+    from scbranchdiff.diffusion._transport import class_moments
+
+    old = continual["old_adata"]
+    for cells, types, rows in ((old, continual["old_types"], slice(0, len(continual["old_types"]))),
+                               (new, NEW_TYPES, slice(len(continual["old_types"]), None))):
+        mean, cov = class_moments(model._scale(model.latent_backend.encode(cells)),
+                                  cells.obs["cell_type"].astype(str).to_numpy(), types)
+        np.testing.assert_allclose(model.class_mean_[rows], mean, atol=1e-4)
+        np.testing.assert_allclose(model.class_cov_[rows], cov, atol=1e-4)
 
 
 def test_add_cell_types_leaves_every_frozen_parameter_bit_identical(continual):
@@ -251,11 +261,14 @@ def _snapshot(model):
         model.hierarchy,
         {k: v.detach().clone() for k, v in model.module.state_dict().items()},
         dict(model.train_settings_),
+        (model.class_mean_.copy(), model.class_cov_.copy()),
     )
 
 
 def _assert_unchanged(model, snapshot):
-    classes, hierarchy, state, settings = snapshot
+    classes, hierarchy, state, settings, (mean, cov) = snapshot
+    np.testing.assert_array_equal(model.class_mean_, mean)
+    np.testing.assert_array_equal(model.class_cov_, cov)
     assert model.classes == classes
     assert model.hierarchy == hierarchy
     now = model.module.state_dict()

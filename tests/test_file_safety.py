@@ -504,9 +504,15 @@ def _set_tensor(name, value):
         (_set_tensor("network.heads.0.out.weight", np.zeros((5, 17), np.float32)),
          "network.heads.0.out.weight: has shape (5, 17)"),
         (_set_tensor("evil.payload", np.zeros(3, np.float32)), "evil.payload: is not a tensor of the model"),
+        (lambda t: t.pop("scaling.class_cov"), "scaling.class_cov: missing (the file has scaling.class_mean)"),
+        (lambda t: t.update({"scaling.class_mean": t["scaling.class_mean"][:-1].copy()}),
+         "scaling.class_mean: has shape (7, 5), expected (8, 5)"),
+        (lambda t: t.update({"scaling.class_cov": -t["scaling.class_cov"] - np.eye(5, dtype=np.float32)}),
+         "scaling.class_cov: is not a set of covariance matrices"),
     ],
     ids=["scalar_scale", "zero_scale", "nan_weights", "missing_head_tensor", "transposed_components",
-         "wrong_head_shape", "unknown_tensor"],
+         "wrong_head_shape", "unknown_tensor", "half_of_the_moments", "moments_of_too_few_types",
+         "negative_covariance"],
 )
 def test_tensors_that_disagree_with_the_json_are_refused(tiny, saved, edit_tensors, field):
     _rehash(saved, edit_tensors=edit_tensors)

@@ -12,7 +12,7 @@ import torch
 import scbranchdiff as sbd
 from scbranchdiff.model import BranchedDiffusion
 
-from conftest import FAST
+from conftest import FAST, stratified_split
 
 
 def _dense(x) -> np.ndarray:
@@ -44,6 +44,54 @@ def test_ode_keeps_the_cell_state_better_than_sde(simulated_pca_model, source, t
         kept[method] = np.corrcoef(source_state, _state_score(out))[0, 1]
     assert kept["ode"] >= 0.7, kept
     assert kept["ode"] > kept["sde"] + 0.1, kept
+
+
+# siblings that differ little (leaf programs at log fold change 0.4): they split late, ~0.35
+LATE_TREE = {"lymphoid": {"T": ["T_CD4", "T_CD8"], "B": ["B_naive", "B_memory"]}, "myeloid": ["mono", "DC"]}
+LATE_PAIRS = [("T_CD4", "T_CD8"), ("T_CD8", "T_CD4"), ("B_naive", "B_memory"), ("B_memory", "B_naive")]
+
+
+@pytest.fixture(scope="module")
+def late_split_model():
+    """A branched model (PCA latent, discovered tree) on siblings that split late. About 40 s."""
+    import scanpy as sc
+
+    adata, _ = sbd.data.simulate_hierarchy(
+        tree=LATE_TREE, n_cells_per_type=250, n_genes=300, depth_effect=(1.6, 1.2, 0.4), seed=0
+    )
+    adata.layers["lognorm"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4, layer="lognorm")
+    sc.pp.log1p(adata, layer="lognorm")
+    held = stratified_split(adata.obs["cell_type"], 0.25, seed=0)
+    train, held_out = adata[~held].copy(), adata[held].copy()
+    BranchedDiffusion.setup_anndata(train, labels_key="cell_type", layer="lognorm")
+    model = BranchedDiffusion(train, latent="pca", n_latent=10, n_hidden=128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=300, **FAST)
+    return model, train, held_out
+
+
+def test_transmutation_into_a_late_splitting_sibling_lands_in_the_target(late_split_model):
+    """The state at a late split still carries its type; moment matching removes it (issue 14)."""
+    model, train, held_out = late_split_model
+    for source, target in LATE_PAIRS:
+        assert model.hierarchy.split_time(source, target) < 0.5  # later than any other split
+    real = sbd.metrics.label_transfer_accuracy(train, held_out, "cell_type", layer="lognorm")
+    ratios: dict[tuple[str, bool], list[float]] = {}
+    for source, target in LATE_PAIRS:
+        cells = np.flatnonzero(held_out.obs["cell_type"] == source)
+        for sampler, match in (("ode", True), ("ode", False), ("sde", True)):
+            out = model.transmute(held_out, target, indices=cells, sampler=sampler, match=match, seed=0)
+            assigned = sbd.metrics.label_transfer_accuracy(train, out, "cell_type", layer="lognorm")
+            ratios.setdefault((sampler, match), []).append(assigned[target] / real[target])
+            if sampler == "ode":  # the cell state, a program independent of the type, is kept
+                kept = np.corrcoef(_state_score(held_out[cells], "lognorm"), _state_score(out, "lognorm"))[0, 1]
+                assert kept >= 0.9, (source, target, match, kept)
+    assert min(ratios["ode", True]) >= 0.9, ratios
+    assert min(ratios["sde", True]) >= 0.85 and np.mean(ratios["sde", True]) >= 0.9, ratios
+    # without the matching, the ODE keeps the source's side of the split: fewer land in the target
+    assert np.mean(ratios["ode", True]) >= np.mean(ratios["ode", False]) + 0.05, ratios
 
 
 def test_transmuted_pbmc68k_cells_are_assigned_to_the_target(pbmc68k_model, pbmc68k_split):
@@ -134,6 +182,8 @@ def test_bad_input_raises_and_changes_nothing(simulated_pca_model):
         model.transmute(held_out, "T_CD8", t=1.5)
     with pytest.raises(IndexError, match="indices"):
         model.transmute(held_out, "T_CD8", indices=[held_out.n_obs])
+    with pytest.raises(TypeError, match="`match` must be True or False"):
+        model.transmute(held_out, "T_CD8", match="yes")
     assert _snapshot(held_out) == before
     assert all(torch.equal(p, q) for p, q in zip(params, model.module.parameters(), strict=True))
 
@@ -195,3 +245,26 @@ def test_bad_batch_size_or_time_is_refused(simulated_pca_model):
         model.transmute(held_out, "T_CD8", indices=cells, t=1e-12)
     with pytest.raises(ValueError, match="t_min"):
         model.sample_intermediates(["T_CD4", "T_CD8"], 3, t=1e-12)
+
+
+def test_type_moments_are_saved_and_files_without_them_still_load(simulated_pca_model, tmp_path):
+    model, train, held_out = simulated_pca_model
+    cells = np.flatnonzero(held_out.obs["cell_type"] == "T_CD4")[:20]
+    expected = model.transmute(held_out, "T_CD8", indices=cells).obsm["X_latent"]
+    unmatched = model.transmute(held_out, "T_CD8", indices=cells, match=False).obsm["X_latent"]
+    assert not np.allclose(expected, unmatched, atol=1e-3)
+    model.save(tmp_path / "new")
+    loaded = BranchedDiffusion.load(tmp_path / "new")  # no cells needed
+    np.testing.assert_array_equal(loaded.class_cov_, model.class_cov_)
+    np.testing.assert_allclose(loaded.transmute(held_out, "T_CD8", indices=cells).obsm["X_latent"], expected, atol=1e-5)
+    # a file written before the moments were kept (0.5)
+    loaded.class_mean_ = loaded.class_cov_ = None
+    loaded.save(tmp_path / "old")
+    with_cells = BranchedDiffusion.load(tmp_path / "old", adata=train)
+    np.testing.assert_allclose(with_cells.transmute(held_out, "T_CD8", indices=cells).obsm["X_latent"], expected,
+                               atol=1e-4)
+    without = BranchedDiffusion.load(tmp_path / "old")
+    with pytest.warns(UserWarning, match="without moment matching"):
+        out = without.transmute(held_out, "T_CD8", indices=cells)
+    np.testing.assert_allclose(out.obsm["X_latent"], unmatched, atol=1e-5)
+    assert out.uns["scbranchdiff"]["match"] is False

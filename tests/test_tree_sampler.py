@@ -39,3 +39,32 @@ def test_cutting_a_branch_between_grid_points_changes_no_old_class(method, n_ste
     after = _sampler(new, eps_new, method, n_steps).generate(counts_old)
     for k in counts_old:
         np.testing.assert_array_equal(before[k].numpy(), after[k].numpy())
+
+
+def test_the_split_map_moves_one_noised_class_onto_the_other():
+    """noised_gaussian_map: states of A noised to t come out with B's noised mean and covariance."""
+    from scbranchdiff.diffusion import noised_gaussian_map
+
+    rng = np.random.default_rng(0)
+    d, n = 4, 200_000
+    mean_a, mean_b = rng.normal(size=d), rng.normal(size=d) + 2.0
+    root_a, root_b = rng.normal(size=(d, d)), rng.normal(size=(d, d)) * 0.5
+    cov_a, cov_b = root_a @ root_a.T, root_b @ root_b.T
+    alpha, sigma = 0.4, float(np.sqrt(1 - 0.4**2))
+    x0 = rng.multivariate_normal(mean_a, cov_a, size=n)
+    x_t = alpha * x0 + sigma * rng.normal(size=(n, d))
+    A, b = noised_gaussian_map(mean_a, cov_a, mean_b, cov_b, alpha=alpha, sigma=sigma)
+    moved = x_t @ A.T + b
+    target_cov = alpha**2 * cov_b + sigma**2 * np.eye(d)
+    np.testing.assert_allclose(moved.mean(0), alpha * mean_b, atol=0.02)
+    np.testing.assert_allclose(np.cov(moved, rowvar=False), target_cov, atol=0.03)
+    assert np.linalg.eigvalsh(A).min() > 0  # a gradient of a convex function: no cell is flipped
+    # the same class is left where it is; at alpha -> 0 every class is left where it is
+    same_A, same_b = noised_gaussian_map(mean_a, cov_a, mean_a, cov_a, alpha=alpha, sigma=sigma)
+    np.testing.assert_allclose(same_A, np.eye(d), atol=1e-10)
+    np.testing.assert_allclose(same_b, 0.0, atol=1e-10)
+    far_A, far_b = noised_gaussian_map(mean_a, cov_a, mean_b, cov_b, alpha=1e-4, sigma=1.0)
+    np.testing.assert_allclose(far_A, np.eye(d), atol=1e-6)
+    np.testing.assert_allclose(far_b, 0.0, atol=1e-3)
+    with pytest.raises(ValueError, match="`sigma` must be positive"):
+        noised_gaussian_map(mean_a, cov_a, mean_b, cov_b, alpha=1.0, sigma=0.0)

@@ -4,6 +4,7 @@ from ._loss import NoisePredictionLoss
 from ._noise import NoiseStreams
 from ._samplers import ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
+from ._transport import noised_gaussian_map
 from ._tree import SAMPLERS, BranchState, TreeSampler
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ancestral",
     "denoise",
     "euler_maruyama",
+    "noised_gaussian_map",
     "probability_flow_heun",
     "time_grid",
 ]

@@ -23,6 +23,7 @@ from ..hierarchy import Hierarchy
 from ._noise import NoiseStreams
 from ._samplers import EpsFn, ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
 from ._sde import VPSDE
+from ._transport import noised_gaussian_map
 
 # eps_model(x, t, branch, cell_type) -> predicted noise; t is 0-d: one time for every row
 EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
@@ -296,13 +297,24 @@ class TreeSampler:
         return self.descend(self.hierarchy.root, x, 1.0, counts, labels=labels, chunk=chunk)
 
     @torch.no_grad()
-    def transmute(self, x0: torch.Tensor, source: int, target: int, t_split: float, chunk: int = 0) -> torch.Tensor:
+    def transmute(
+        self,
+        x0: torch.Tensor,
+        source: int,
+        target: int,
+        t_split: float,
+        chunk: int = 0,
+        moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> torch.Tensor:
         """States of class `source` taken up to `t_split`, then down the path of class `target`.
 
         Up: the probability-flow ODE along the source's path ("ode", deterministic) or the
-        forward kernel x_t = a(t) x_0 + s(t) z ("sde"). Down: :meth:`descend` from the branch
-        of `target` at `t_split`. The noise stream is keyed by the source class and `chunk`,
-        so groups of cells of different types draw independent numbers.
+        forward kernel x_t = a(t) x_0 + s(t) z ("sde"). With `moments` (mean and covariance of
+        the source class, then of the target class, in the latent the network sees), the states
+        are then moved onto the target's noised distribution with :func:`noised_gaussian_map`.
+        Down: :meth:`descend` from the branch of `target` at `t_split`. The noise stream is
+        keyed by the source class and `chunk`, so groups of cells of different types draw
+        independent numbers.
         """
         n = x0.shape[0]
         stream = (source + 1) * 1_000_003 + chunk
@@ -311,6 +323,13 @@ class TreeSampler:
         else:
             t = torch.full((n,), t_split, dtype=x0.dtype, device=x0.device)
             x_t = self.sde.marginal_sample(x0, t, self.noise.normal([(source, n)], -1, stream))
+        if moments is not None:
+            alpha = float(self.sde.alpha(np.float64(t_split)))
+            sigma = float(self.sde.sigma(np.float64(t_split)))
+            A, b = noised_gaussian_map(*moments, alpha=alpha, sigma=sigma)
+            x_t = x_t @ torch.as_tensor(A.T, dtype=x_t.dtype, device=x_t.device) + torch.as_tensor(
+                b, dtype=x_t.dtype, device=x_t.device
+            )
         labels = None
         if self.class_conditional:
             labels = torch.full((n,), target, dtype=torch.long, device=x0.device)

@@ -33,6 +33,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from .._checks import check_labels, check_non_negative_int, check_training_arguments
+from ..diffusion._transport import class_moments
 from ..hierarchy import Hierarchy, insert_classes
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
@@ -213,6 +214,11 @@ class ContinualLearningMixin:
         for p in network.parameters():
             p.requires_grad_(True)
         network.eval()
+        if self.class_mean_ is None:  # a model saved before class moments were kept
+            self.class_mean_, self.class_cov_ = class_moments(z_ref, ref_labels, old.classes)
+        added_mean, added_cov = class_moments(z_new, labels, new.classes[len(old.classes):])
+        self.class_mean_ = np.concatenate([self.class_mean_, added_mean])
+        self.class_cov_ = np.concatenate([self.class_cov_, added_cov])
         self.hierarchy_ = new
         self._hierarchy_spec = new
         self.classes = new.classes

@@ -147,6 +147,9 @@ class BranchedDiffusion(
         self.discovery_kwargs = dict(discovery_kwargs or {})
         self.latent_mean_: np.ndarray | None = None
         self.latent_scale_: np.ndarray | None = None
+        # per-class mean and covariance of the scaled latent (transmutation's moment matching)
+        self.class_mean_: np.ndarray | None = None
+        self.class_cov_: np.ndarray | None = None
         self.module: BranchedScoreNetwork | None = None
         self.train_settings_: dict[str, Any] = {}
         # loaded without an AnnData: set up on one empty cell per type (generation only)

@@ -99,6 +99,9 @@ class SaveLoadMixin:
         tensors.update({f"latent.{k}": v for k, v in backend_tensors.items()})
         tensors["scaling.mean"] = self.latent_mean_
         tensors["scaling.scale"] = self.latent_scale_
+        if self.class_mean_ is not None:
+            tensors["scaling.class_mean"] = self.class_mean_
+            tensors["scaling.class_cov"] = self.class_cov_
         bad = [k for k, v in tensors.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
         if bad:
             raise FloatingPointError(f"The model has non-finite values in {bad[:5]}; refusing to save it.")
@@ -269,6 +272,9 @@ class SaveLoadMixin:
         self.module.eval()
         self.latent_mean_ = tensors["scaling.mean"]
         self.latent_scale_ = tensors["scaling.scale"]
+        # absent from files of 0.5 and earlier: transmutation then computes them from the cells
+        self.class_mean_ = tensors.get("scaling.class_mean")
+        self.class_cov_ = tensors.get("scaling.class_cov")
         self.train_settings_ = metadata.get("train_settings", {})
         self.history_ = _history_frames(metadata.get("history"))
         self.is_trained_ = True

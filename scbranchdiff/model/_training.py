@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_training_arguments, warn_small_types
+from ..diffusion._transport import class_moments
 from ..hierarchy import Hierarchy, discover_hierarchy, fit_split_times
 from ..module import BranchedScoreNetwork
 from ..train import DiffusionTrainingPlan, checkpoint_callbacks, epochs_for_steps, fit_plan
@@ -25,7 +26,8 @@ DEFAULT_MIN_EPOCHS = 20
 DEFAULT_LR = 4e-3
 # What a failed training call puts back (with the network's weights).
 _TRAINED_STATE = (
-    "module", "hierarchy_", "latent_mean_", "latent_scale_", "is_trained_", "history_", "trainer",
+    "module", "hierarchy_", "latent_mean_", "latent_scale_", "class_mean_", "class_cov_", "is_trained_",
+    "history_", "trainer",
 )
 
 
@@ -171,6 +173,7 @@ class TrainingMixin:
             if self.hierarchy_ is None:
                 self.hierarchy_ = self._resolve_hierarchy(z, labels, seed)
             cell_type = self.hierarchy_.class_index(labels)
+            self.class_mean_, self.class_cov_ = class_moments(z, labels, self.classes)
             if self.module is None:
                 self.module = BranchedScoreNetwork(
                     n_latent=z.shape[1],
