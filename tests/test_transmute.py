@@ -268,3 +268,8 @@ def test_type_moments_are_saved_and_files_without_them_still_load(simulated_pca_
         out = without.transmute(held_out, "T_CD8", indices=cells)
     np.testing.assert_allclose(out.obsm["X_latent"], unmatched, atol=1e-5)
     assert out.uns["scbranchdiff"]["match"] is False
+    # loaded with cells of some types only: no moments of the others, so no matching
+    partial = BranchedDiffusion.load(tmp_path / "old", adata=train[train.obs["cell_type"] != "B_naive"].copy())
+    with pytest.warns(UserWarning, match=r"no cells of \['B_naive'\]"):
+        out = partial.transmute(held_out, "T_CD8", indices=cells)
+    np.testing.assert_allclose(out.obsm["X_latent"], unmatched, atol=1e-5)
