@@ -51,12 +51,14 @@ def classifier(train, key: str):
     return lambda adata: clf.predict(space.transform(adata))
 
 
-def rates(predicted, labels) -> dict[str, float]:
-    """Fraction of cells of each label predicted as that label."""
+def rates(predicted, labels):
+    """Fraction of cells of each label predicted as that label (metrics' per_type_accuracy)."""
     import numpy as np
 
+    from scbranchdiff.metrics._classifiers import per_type_accuracy
+
     labels = np.asarray(labels).astype(str)
-    return {c: float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
+    return per_type_accuracy(predicted, labels, np.unique(labels))
 
 
 def within_type_correlation(source, out) -> float:

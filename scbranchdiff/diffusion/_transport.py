@@ -2,7 +2,7 @@
 
 At a split time t the hierarchy treats two classes as one, but they are not identical there:
 the split is placed where their noised distributions become hard to tell apart, not where they
-coincide (docs/concepts.md, "Transmutation"). A state taken up from a cell of class A still
+coincide (docs/concepts.md, "Transmutation across a late split"). A state taken up from a cell of class A still
 carries A's share ``a(t) (mu_A - mu_B)`` of the difference, which the deterministic ODE keeps all
 the way down B's path. :func:`noised_gaussian_map` removes it: the optimal-transport map between
 Gaussian approximations of the two noised distributions, ``N(a mu, a^2 C + s^2 I)``, which is
