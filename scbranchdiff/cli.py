@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-cells", type=_positive_int, default=200, help="generated cells per type")
     demo.add_argument("--max-epochs", type=_positive_int, default=None, help="diffusion epochs (None: the model's default, about 800 steps)")
     demo.add_argument("--latent-max-epochs", type=_positive_int, default=None, help="scVI epochs (None: scvi-tools' heuristic)")
-    demo.add_argument("--n-steps", type=_positive_int, default=None, help="sampler steps from t = 1 to 0 (None: 50 for the default ancestral sampler)")
+    demo.add_argument("--n-steps", type=_positive_int, default=None, help="sampler steps from t = 1 to 0 (None: 49 for the default ancestral sampler)")
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of training and generation")
     demo.add_argument(
         "--basis", default="umap", choices=["umap", "pca"],
@@ -533,10 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("out", help="output .h5ad")
     gen.add_argument("--n-cells", default="200", help="cells per type, or 'type=n,type=n'")
     gen.add_argument(
-        "--sampler", default="ancestral", choices=["ancestral", "sde", "ode"],
-        help="reverse SDE (Euler-Maruyama), ancestral (few-step posterior sampling) or probability-flow ODE",
+        "--sampler", default="ancestral", choices=["ancestral", "dpm++", "sde", "ode"],
+        help="ancestral (few-step posterior sampling), dpm++ (ancestral with a second-order x0 estimate), reverse SDE (Euler-Maruyama) or probability-flow ODE",
     )
-    gen.add_argument("--n-steps", type=_positive_int, default=None, help="steps from t = 1 to 0 (None: 50 ancestral, 200 sde, 100 ode)")
+    gen.add_argument("--n-steps", type=_positive_int, default=None, help="steps from t = 1 to 0 (None: 49 ancestral and dpm++, 200 sde, 100 ode)")
     gen.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     gen.add_argument("--batch-size", type=_positive_int, default=10_000, help="cells per type in one chunk (peak memory)")
     gen.add_argument("--expected", action="store_true", help="also write layers['expected'] (dense decoded means)")
@@ -557,11 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--target", required=True, help="cell type to turn the cells into")
     tra.add_argument("--source-types", default=None, help="comma-separated types to transmute (None: every cell)")
     tra.add_argument(
-        "--sampler", "--method", dest="sampler", default="ode", choices=["ode", "sde", "ancestral"],
+        "--sampler", "--method", dest="sampler", default="ode", choices=["ode", "sde", "ancestral", "dpm++"],
         help="'ode' keeps each cell's shared features; 'sde' (the paper's) draws fresher cells",
     )
     tra.add_argument("--t", type=_noise_time, default=None, help="noise time in (0, 1] (None: each type's split time)")
-    tra.add_argument("--n-steps", type=_positive_int, default=None, help="steps of a full path (None: 100 ode, 200 sde, 50 ancestral)")
+    tra.add_argument("--n-steps", type=_positive_int, default=None, help="steps of a full path (None: 100 ode, 200 sde, 49 ancestral and dpm++)")
     tra.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (sde)")
     tra.add_argument("--no-match", action="store_true",
                      help="use the states at the split time as they are (the paper's version), without "

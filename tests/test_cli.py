@@ -131,6 +131,9 @@ def test_generate_writes_the_requested_cells(trained_dir, simulated_file, tmp_pa
     # the output is never overwritten silently
     code = main(["generate", str(trained_dir), str(simulated_file[0]), str(out)])
     _assert_one_line_error(capsys, code, "already exists")
+    code = main(["generate", str(trained_dir), str(simulated_file[0]), str(tmp_path / "dpm.h5ad"),
+                 "--n-cells", request, "--sampler", "dpm++", "--n-steps", "20"])
+    assert code == 0 and ad.read_h5ad(tmp_path / "dpm.h5ad").uns["scbranchdiff"]["sampler"] == "dpm++"
 
 
 def test_generate_with_an_unknown_type_is_one_line(trained_dir, simulated_file, tmp_path, capsys):

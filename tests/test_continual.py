@@ -121,7 +121,7 @@ def continual(simulated):
     # coarse grids: the join times cut old branches into pieces shorter than one step
     coarse = {
         (sampler, n): model.generate(20, sampler=sampler, n_steps=n, seed=SEED, progress_bar=False)
-        for sampler in ("sde", "ancestral", "ode") for n in (6, 11)
+        for sampler in ("sde", "ancestral", "dpm++", "ode") for n in (6, 11)
     }
     new_input = new.copy()
     with warnings.catch_warnings():

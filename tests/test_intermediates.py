@@ -53,6 +53,18 @@ def test_leaf_cells_are_the_generated_cells_of_the_same_seed(simulated_pca_model
         np.testing.assert_allclose(leaf.obsm["X_latent"], gen.obsm["X_latent"], atol=1e-5)
 
 
+def test_a_multistep_sampler_continues_from_the_stopped_states_as_generate_does(simulated_pca_model):
+    # dpm++ carries the last step's estimate: stopping inside a branch must not reset it
+    model, _, _ = simulated_pca_model
+    t = model.hierarchy.split_time(*CHILDREN) + 0.1
+    hyb = model.sample_intermediates(CHILDREN, n_cells=20, t=t, sampler="dpm++", n_steps=30, seed=3)
+    generated = model.generate({c: 20 for c in CHILDREN}, sampler="dpm++", n_steps=30, seed=3)
+    for cell_type in CHILDREN:
+        leaf = hyb[(hyb.obs["stage"] == "leaf") & (hyb.obs["cell_type"] == cell_type)]
+        gen = generated[generated.obs["cell_type"] == cell_type]
+        np.testing.assert_allclose(leaf.obsm["X_latent"], gen.obsm["X_latent"], atol=1e-5)
+
+
 def test_intermediates_lie_between_the_child_types(simulated_pca_model, hybrids):
     model, train, _ = simulated_pca_model
     centroid = _centroids(model, train)

@@ -187,6 +187,9 @@ def test_flat_and_branched_models_share_the_api_on_an_obsm_latent():
         assert out.n_obs == 15 and out.n_vars == 0
         assert out.obsm["X_latent"].shape == (15, adata.obsm["X_pca"].shape[1])
         assert model.hierarchy.is_flat == (hierarchy == "flat")
+        for sampler in ("sde", "ode", "dpm++"):  # every sampler runs with either network
+            other = model.generate({"CD14+ Monocyte": 10, "CD19+ B": 5}, sampler=sampler, seed=0, n_steps=5)
+            assert np.isfinite(other.obsm["X_latent"]).all() and other.n_obs == 15
 
 
 def test_generated_facs_cells_are_classified_as_requested_type(pbmc_facs_split):

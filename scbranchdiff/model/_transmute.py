@@ -446,7 +446,7 @@ class TransmutationMixin:
             leaves: dict[int, np.ndarray] = {}
             for child in dict.fromkeys(int(c) for c in child_of):
                 group = {k: n_cells for k, c in zip(idx, child_of, strict=True) if c == child}
-                for k, z in tree.descend(child, x_t, t_state, group).items():
+                for k, z in tree.descend(child, x_t, t_state, group, memory=state.memory).items():
                     leaves[k] = z.cpu().numpy()
 
         rng = np.random.default_rng(seed)
