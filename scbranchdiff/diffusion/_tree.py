@@ -79,7 +79,7 @@ class TreeSampler:
     n_steps
         Number of steps of a full path from t = 1 to `sde.t_min`.
     method
-        "sde" (Euler-Maruyama on the reverse SDE), "ode" (Heun on the probability-flow ODE) or
+        "sde" (Euler-Maruyama on the reverse SDE), "ode" (Heun on the probability-flow ODE),
         "ancestral" (the Gaussian posterior at each step, on an EDM time grid) or "dpm++"
         (stochastic DPM-Solver++(2M): ancestral with a second-order estimate of x_0, same grid).
     seed
