@@ -273,6 +273,17 @@ def machine() -> str:
             f"{torch.get_num_threads()} thread(s)")
 
 
+def mean_sem(values, digits: int = 3) -> str:
+    """'mean ± SEM' of repeated measurements (NaN ignored; the mean alone for one value, '–' for none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:,.{digits}f}"
+    return f"{v.mean():,.{digits}f} ± {v.std(ddof=1) / np.sqrt(len(v)):,.{digits}f}"
+
+
 def markdown(df: pd.DataFrame, digits: int = 3) -> str:
     """A pipe table (no tabulate dependency); NaN shown as '–'."""
     def fmt(v):

@@ -33,7 +33,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 
 from _common import (
@@ -43,6 +42,7 @@ from _common import (
     header,
     load_dataset,
     markdown,
+    mean_sem,
     per_type_auc,
     single_thread,
     stratified_split,
@@ -132,9 +132,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     for version, part in rows.groupby("version", sort=False):
         line = {}
         for col in (*SCORES, *COSTS):
-            v = part[col].to_numpy(float)
-            sem = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan
-            line[col] = f"{v.mean():.3f} ± {sem:.3f}" if col in SCORES else f"{v.mean():,.0f} ± {sem:,.0f}"
+            line[col] = mean_sem(part[col], digits=3 if col in SCORES else 0)
         line["scvi_epochs"] = f"{part['scvi_epochs'].iloc[0]}"
         line["diffusion_epochs"] = f"{part['diffusion_epochs'].iloc[0]}"
         out[version] = line

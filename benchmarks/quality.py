@@ -61,6 +61,7 @@ from _common import (
     header,
     load_dataset,
     markdown,
+    mean_sem,
     per_type_auc,
     single_thread,
     stratified_split,
@@ -154,7 +155,11 @@ def peer_scores(ref, gen, key: str, seed: int) -> dict[str, float]:
     return {c: float(table.loc["overall", c]) for c in ("w2", "mmd", "knn_f1")}
 
 
-def run_dataset(name: str, args) -> pd.DataFrame:
+def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Every method's scores on one split of `name` (the split and all training seeded by `seed`).
+
+    Returns the table (a row per method) and what the caption says about the data and budget.
+    """
     import scanpy as sc  # noqa: F401  (import cost outside the timings)
 
     import scbranchdiff as sbd
@@ -165,35 +170,37 @@ def run_dataset(name: str, args) -> pd.DataFrame:
     adata, key = load_dataset(name, args.quick)
     labels = adata.obs[key].astype(str).to_numpy()
     sizes = pd.Series(labels).value_counts()
-    held = stratified_split(labels, 0.4, args.seed)
+    held = stratified_split(labels, 0.4, seed)
     train = adata[~held].copy()
     held_idx = np.flatnonzero(held)
-    half = stratified_split(labels[held_idx], 0.5, args.seed + 1)
+    half = stratified_split(labels[held_idx], 0.5, seed + 1)
     ref, floor = adata[held_idx[~half]].copy(), adata[held_idx[half]].copy()
     types = [t for t in adata.obs[key].astype("category").cat.categories if t in set(labels)]
     groups = {"common": [t for t in types if sizes[t] >= RARE_CELLS], "rare": [t for t in types if sizes[t] < RARE_CELLS]}
     counts = {t: int((ref.obs[key].astype(str) == t).sum()) for t in types}
     counts = {t: n for t, n in counts.items() if n > 0}
 
-    steps = args.steps
-    epochs = epochs_for(steps, train.n_obs)
-    train_kwargs = dict(batch_size=BATCH_SIZE, seed=args.seed,
-                        accelerator="cpu", devices=1, **QUIET)
-    sampler = dict(sampler="sde", n_steps=args.n_steps, seed=args.seed)
+    # None: the package's defaults (what a user's `train()` and `generate()` do)
+    train_kwargs = dict(batch_size=BATCH_SIZE, seed=seed, accelerator="cpu", devices=1, **QUIET)
+    if args.steps is not None:
+        train_kwargs["max_epochs"] = epochs_for(args.steps, train.n_obs)
+    network = {} if args.width is None else {"n_hidden": args.width}
+    sampler = {"seed": seed, **({} if args.sampler is None else {"sampler": args.sampler}),
+               **({} if args.n_steps is None else {"n_steps": args.n_steps})}
 
     BD = sbd.model.BranchedDiffusion
     # the shared scVI is trained once, timed apart, and given to both diffusion models
     backend = SCVILatent(n_latent=10)
     scvi_s, _ = timed(lambda: backend.fit(
         train, train.obs[key].astype(str).to_numpy(), layer="counts", max_epochs=args.latent_epochs,
-        accelerator="cpu", devices=1, enable_progress_bar=False))
+        seed=seed, accelerator="cpu", devices=1, enable_progress_bar=False))
     fit_s = {}
     models = {}
     for method, hierarchy in (("branched", "auto"), ("flat", "flat")):
         data = train.copy()
         BD.setup_anndata(data, labels_key=key, layer="counts")
-        models[method] = BD(data, latent=backend, hierarchy=hierarchy, n_hidden=args.width)
-        fit_s[method], _ = timed(lambda m=models[method]: m.train(max_epochs=epochs, **train_kwargs))
+        models[method] = BD(data, latent=backend, hierarchy=hierarchy, **network)
+        fit_s[method], _ = timed(lambda m=models[method]: m.train(**train_kwargs))
     branched, flat = models["branched"], models["flat"]
     data_b = branched.adata
     z_train = branched.get_latent_representation()
@@ -208,14 +215,14 @@ def run_dataset(name: str, args) -> pd.DataFrame:
         outputs[method] = (gen.obsm["X_latent"], gen.obs[key], z_ref, ref_labels, gen)
 
     def gmm():
-        z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, args.seed)
-        return z, t, branched.decode_latent(z, t, seed=args.seed)
+        z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, seed)
+        return z, t, branched.decode_latent(z, t, seed=seed)
 
     fit_s["gmm"], (z, t, gen) = timed(gmm)
     outputs["gmm"] = (z, t, z_ref, ref_labels, gen)
 
-    fit_s["scanvi"], scanvi = timed(lambda: train_scanvi(backend, data_b, key, args.scanvi_epochs, args.seed))
-    z_s, gen = scanvi_sample(scanvi, backend, counts, key, train.var, args.seed)
+    fit_s["scanvi"], scanvi = timed(lambda: train_scanvi(backend, data_b, key, args.scanvi_epochs, seed))
+    z_s, gen = scanvi_sample(scanvi, backend, counts, key, train.var, seed)
     z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
     outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
 
@@ -228,26 +235,26 @@ def run_dataset(name: str, args) -> pd.DataFrame:
             print(f"cfgen skipped: {why_not}", flush=True)
         else:
             budget = {"encoder_epochs": 2, "fm_epochs": 2} if args.quick else {}
-            fit_s["cfgen"], gen = timed(lambda: _cfgen.fit_and_sample(train, key, counts, args.cfgen, seed=args.seed,
+            fit_s["cfgen"], gen = timed(lambda: _cfgen.fit_and_sample(train, key, counts, args.cfgen, seed=seed,
                                                                       **budget))
             outputs["cfgen"] = (None, gen.obs[key], z_ref, ref_labels, gen)
             methods.append("cfgen")
 
-    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=args.seed))
+    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=seed))
     outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
 
-    space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=args.seed)
+    space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=seed)
     pcs_ref = space.transform(ref)
-    acc_ref = label_transfer_accuracy(train, ref, key, layer="counts", is_counts=True, seed=args.seed)
+    acc_ref = label_transfer_accuracy(train, ref, key, layer="counts", is_counts=True, seed=seed)
     rows = {}
     for method in methods:
         z, zl, zr, rl, gen = outputs[method]
-        auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, args.seed) if z is not None
+        auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, seed) if z is not None
                    else pd.Series(np.nan, index=types))
         if method in ("decoded_real", "real"):
-            auc_lat[:] = per_type_auc(z_ref, ref_labels, z_floor, floor_labels, types, args.seed)
-        auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, args.seed)
-        acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=args.seed)
+            auc_lat[:] = per_type_auc(z_ref, ref_labels, z_floor, floor_labels, types, seed)
+        auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, seed)
+        acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
         lat, pca = group_mean(auc_lat, groups), group_mean(auc_pca, groups)
         num, den = group_mean(acc, groups), group_mean(acc_ref, groups)
         rows[method] = {
@@ -255,65 +262,116 @@ def run_dataset(name: str, args) -> pd.DataFrame:
             "auc_pca": pca["common"], "auc_pca_rare": pca["rare"],
             "label_ratio": num["common"] / den["common"] if den["common"] else np.nan,
             "label_ratio_rare": num["rare"] / den["rare"] if den["rare"] else np.nan,
-            **peer_scores(ref, gen, key, args.seed),
+            **peer_scores(ref, gen, key, seed),
             "fit_s": fit_s.get(method, np.nan),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
     table.index.name = "method"
-    n_rare_scored = sum(1 for t in groups["rare"] if counts.get(t, 0) >= 5)
-    table.attrs["caption"] = (
-        f"**{name}**: {adata.n_obs} cells x {adata.n_vars} genes, {len(types)} types "
-        f"({len(groups['rare'])} rare, {n_rare_scored} of them with >= 5 reference cells); "
-        f"{train.n_obs} training / {ref.n_obs} reference / {floor.n_obs} floor cells; "
-        f"{epochs} epochs = {epochs * int(np.ceil(train.n_obs / BATCH_SIZE))} steps per diffusion model; "
-        f"shared scVI {scvi_s:.0f} s (not in fit_s); "
-        f"{time.perf_counter() - t0:.0f} s in all."
+    epochs = branched.train_settings_["max_epochs"]
+    info = {
+        "n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_types": len(types), "n_rare": len(groups["rare"]),
+        "n_rare_scored": sum(1 for t in groups["rare"] if counts.get(t, 0) >= 5),
+        "n_train": train.n_obs, "n_ref": ref.n_obs, "n_floor": floor.n_obs, "epochs": epochs,
+        "steps": epochs * int(np.ceil(train.n_obs / BATCH_SIZE)), "scvi_s": scvi_s, "total_s": time.perf_counter() - t0,
+    }
+    return table, info
+
+
+def caption(name: str, info: dict, seeds) -> str:
+    """What a table is about: the data, the split, the budget, the seeds."""
+    seeds = sorted({int(s) for s in seeds})
+    return (
+        f"**{name}**: {info['n_cells']} cells x {info['n_genes']} genes, {info['n_types']} types "
+        f"({info['n_rare']} rare, {info['n_rare_scored']} of them with >= 5 reference cells); "
+        f"{info['n_train']} training / {info['n_ref']} reference / {info['n_floor']} floor cells; "
+        f"{info['epochs']} epochs = {info['steps']} steps per diffusion model; "
+        f"shared scVI {info['scvi_s']:.0f} s (not in fit_s); {info['total_s']:.0f} s in all"
+        + (f" (mean over seeds {', '.join(map(str, seeds))})." if len(seeds) > 1 else f"; seed {seeds[0]}.")
     )
+
+
+def summarise(raw: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- SEM over seeds of every method's scores (one dataset); `fit_s` as a mean."""
+    out = {}
+    for method, part in raw.groupby("method", sort=False):
+        out[method] = {c: mean_sem(part[c], digits=1 if c == "fit_s" else 3) for c in COLUMNS}
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = "method"
     return table
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="one split and one training per seed; tables give mean +- SEM over seeds")
     parser.add_argument("--quick", action="store_true", help="tiny data and budgets (smoke test)")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps of both diffusion models")
-    parser.add_argument("--width", type=int, default=None, help="n_hidden of both networks")
-    parser.add_argument("--latent-epochs", type=int, default=None, help="epochs of the shared scVI")
-    parser.add_argument("--scanvi-epochs", type=int, default=None)
-    parser.add_argument("--n-steps", type=int, default=None, help="SDE sampler steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimiser steps of both diffusion models (default: the package's)")
+    parser.add_argument("--width", type=int, default=None, help="n_hidden of both networks (default: the package's)")
+    parser.add_argument("--latent-epochs", type=int, default=None, help="epochs of the shared scVI (default 50)")
+    parser.add_argument("--scanvi-epochs", type=int, default=None, help="epochs of scANVI (default 10)")
+    parser.add_argument("--sampler", default=None, help="sampler of both diffusion models (default: the package's)")
+    parser.add_argument("--n-steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     parser.add_argument("--cfgen", default=None, metavar="PATH",
                         help="a checkout of theislab/CFGen: also train and score CFGen (skipped when absent)")
+    parser.add_argument("--raw", default=None, help="write every (dataset, seed, method) row to this CSV file")
+    parser.add_argument("--from-csv", nargs="+", default=None,
+                        help="make the tables from the --raw files of earlier runs instead of running")
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     parser.add_argument("--section", default="quality", help="the docs section to write (default: quality)")
     args = parser.parse_args(argv)
-    quick = args.quick
-    for name, full, small in (("steps", 1000, 30), ("width", 128, 32), ("latent_epochs", 50, 2),
-                              ("scanvi_epochs", 10, 1), ("n_steps", 500, 10)):
+    quick = {"steps": 30, "width": 32, "latent_epochs": 2, "scanvi_epochs": 1, "n_steps": 10}
+    for name, full in (("latent_epochs", 50), ("scanvi_epochs", 10)):
         if getattr(args, name) is None:
-            setattr(args, name, small if quick else full)
-    single_thread()
-    pd.set_option("display.width", 200)
+            setattr(args, name, quick[name] if args.quick else full)
+    if args.quick:
+        for name in ("steps", "width", "n_steps"):
+            if getattr(args, name) is None:
+                setattr(args, name, quick[name])
+    pd.set_option("display.width", 250)
+    if args.from_csv:
+        raw = pd.concat([pd.read_csv(path) for path in args.from_csv], ignore_index=True)
+    else:
+        single_thread()
+        rows = []
+        for name in args.datasets:
+            for seed in args.seeds:
+                table, info = run_dataset(name, args, seed)
+                print(f"\n## {name}, seed {seed}\n{caption(name, info, [seed])}\n")
+                print(table.round(3).to_string(), flush=True)
+                rows += [{"dataset": name, "seed": seed, "method": method, **info, **row}
+                         for method, row in table.to_dict("index").items()]
+                if args.raw:  # as they come: a long run stopped early keeps what it measured
+                    pd.DataFrame(rows).to_csv(args.raw, index=False)
+        raw = pd.DataFrame(rows)
     tables = {}
-    for name in args.datasets:
-        table = run_dataset(name, args)
+    for name, part in raw.groupby("dataset", sort=False):
+        table = summarise(part)
+        info = part.drop(columns=["dataset", "seed", "method"]).mean(numeric_only=True).to_dict()
+        info.update({k: int(round(info[k])) for k in info if k.startswith("n_") or k in ("epochs", "steps")})
+        table.attrs["caption"] = caption(name, info, part["seed"])
         tables[name] = table
-        print(f"\n## {name}\n{table.attrs['caption']}\n")
-        print(table.round(3).to_string(), flush=True)
+        print(f"\n## {name}\n{table.attrs['caption']}\n\n{table.to_string()}\n", flush=True)
     if args.write_docs:
-        command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
-        settings = (f"Budget: {args.steps} optimiser steps (batch {BATCH_SIZE}) for both "
-                    f"diffusion models, width {args.width}; shared scVI {args.latent_epochs} epochs; scANVI "
-                    f"{args.scanvi_epochs} epochs from that scVI; SDE sampler with {args.n_steps} steps; seed {args.seed}.")
-        if any("cfgen" in t.index for t in tables.values()):
+        command = "OMP_NUM_THREADS=1 python benchmarks/quality.py " + " ".join(
+            a for a in (sys.argv[1:] if argv is None else argv) if a != "--write-docs")
+        command = command.replace(f" --section {args.section}", "")
+        if args.cfgen is not None:
+            command = command.replace(args.cfgen, "PATH/TO/CFGen")
+        budget = ("the package's default budget" if args.steps is None
+                  else f"{args.steps} optimiser steps (batch {BATCH_SIZE})")
+        settings = (f"Diffusion models (branched and flat): {budget}, width "
+                    f"{'the default' if args.width is None else args.width}, sampler "
+                    f"{args.sampler or 'the default'}{'' if args.n_steps is None else f' with {args.n_steps} steps'}; "
+                    f"shared scVI {args.latent_epochs} epochs; scANVI {args.scanvi_epochs} epochs from that scVI. "
+                    "Every seed draws its own split and trains every method anew; cells are mean +- SEM over seeds.")
+        if "cfgen" in set(raw["method"]):
             import _cfgen
 
             settings += (f" CFGen: its published settings (autoencoder {_cfgen.ENCODER['dims']} "
                          f"{_cfgen.ENCODER_EPOCHS} epochs, flow matching `resnet_big` {_cfgen.FM_EPOCHS} epochs, "
                          f"batch {_cfgen.BATCH_SIZE}, guidance weight 1); its own autoencoder, no shared scVI.")
-        command = command.replace(" --write-docs", "").replace(f" --section {args.section}", "")
-        if args.cfgen is not None:
-            command = command.replace(args.cfgen, "PATH/TO/CFGen")
         body = [header(command), settings, ""]
         for table in tables.values():
             body += [table.attrs["caption"], "", markdown(table), ""]

@@ -41,9 +41,10 @@ def _table(text: str, title: str) -> list[list[str]]:
 
 def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
     common, quality, speed = scripts
-    quality.main(["--quick", "--datasets", "simulated"])
+    raw = tmp_path / "quality.csv"
+    quality.main(["--quick", "--datasets", "simulated", "--raw", str(raw)])
     out = capsys.readouterr().out
-    header, *rows = _table(out, "simulated")
+    header, *rows = _table(out, "simulated, seed 0")
     assert header == list(quality.COLUMNS)
     assert [r[0] for r in rows] == list(quality.METHODS)
     values = {r[0]: dict(zip(header, map(float, r[1:]), strict=True)) for r in rows}
@@ -52,6 +53,18 @@ def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
             assert 0.0 <= row[col] <= 1.0, (method, col, row[col])
     # the floor: held-out real cells are recognised about as often as the reference real cells
     assert 0.8 <= values["real"]["label_ratio"] <= 1.2
+
+    # seeds are summarised as mean +- SEM from the raw rows (here: the one run, and it again as seed 1)
+    import pandas as pd
+
+    once = pd.read_csv(raw)
+    twice = pd.concat([once, once.assign(seed=1, auc_pca=once["auc_pca"] + 0.1)])
+    summary = quality.summarise(twice)
+    assert list(summary.index) == list(quality.METHODS)
+    branched = once.set_index("method").loc["branched"]
+    # mean of x and x + 0.1 is x + 0.05, their SEM 0.05
+    assert summary.loc["branched", "auc_pca"] == f"{branched['auc_pca'] + 0.05:.3f} ± 0.050"
+    assert summary.loc["branched", "auc_latent"] == f"{branched['auc_latent']:.3f} ± 0.000"
 
     speed.main(["--quick"])
     out = capsys.readouterr().out
