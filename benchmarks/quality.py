@@ -32,7 +32,8 @@ Methods (all share one scVI, trained once on the training cells by the branched 
 - ``cfgen`` (with ``--cfgen PATH``, a checkout of theislab/CFGen, and its requirements
   installed): the published peer, trained from its own code with its published settings on the
   same training cells (``benchmarks/_cfgen.py``); it has its own autoencoder, so its
-  ``auc_latent`` is NaN.
+  ``auc_latent`` is NaN. ``--peers-only`` runs it alone on the same splits (for runs in parallel);
+  ``--from-csv`` merges the ``--raw`` rows of such runs into one table per dataset.
 
 The peers' protocol (:func:`scbranchdiff.metrics.peer_protocol`: 2,000 seurat_v3 genes and a
 30-PC PCA of the held-out real cells R, per type with >= 20 cells in R) gives three more
@@ -155,30 +156,14 @@ def peer_scores(ref, gen, key: str, seed: int) -> dict[str, float]:
     return {c: float(table.loc["overall", c]) for c in ("w2", "mmd", "knn_f1")}
 
 
-def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
-    """Every method's scores on one split of `name` (the split and all training seeded by `seed`).
+def fit_ours(train, ref, floor, key: str, counts: dict[str, int], args, seed: int):
+    """Branched, flat, GMM, scANVI and the decoded/real floors on one shared scVI.
 
-    Returns the table (a row per method) and what the caption says about the data and budget.
+    Returns (outputs, fit_s, scvi_s, epochs): outputs[method] = (latent, latent labels, latent
+    reference, reference labels, AnnData of cells).
     """
-    import scanpy as sc  # noqa: F401  (import cost outside the timings)
-
     import scbranchdiff as sbd
     from scbranchdiff.latent import SCVILatent
-    from scbranchdiff.metrics import fit_expression_pca, label_transfer_accuracy
-
-    t0 = time.perf_counter()
-    adata, key = load_dataset(name, args.quick)
-    labels = adata.obs[key].astype(str).to_numpy()
-    sizes = pd.Series(labels).value_counts()
-    held = stratified_split(labels, 0.4, seed)
-    train = adata[~held].copy()
-    held_idx = np.flatnonzero(held)
-    half = stratified_split(labels[held_idx], 0.5, seed + 1)
-    ref, floor = adata[held_idx[~half]].copy(), adata[held_idx[half]].copy()
-    types = [t for t in adata.obs[key].astype("category").cat.categories if t in set(labels)]
-    groups = {"common": [t for t in types if sizes[t] >= RARE_CELLS], "rare": [t for t in types if sizes[t] < RARE_CELLS]}
-    counts = {t: int((ref.obs[key].astype(str) == t).sum()) for t in types}
-    counts = {t: n for t, n in counts.items() if n > 0}
 
     # None: the package's defaults (what a user's `train()` and `generate()` do)
     train_kwargs = dict(batch_size=BATCH_SIZE, seed=seed, accelerator="cpu", devices=1, **QUIET)
@@ -226,7 +211,41 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
     z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
     outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
 
-    methods = list(METHODS)
+    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=seed))
+    outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
+
+    return outputs, fit_s, scvi_s, branched.train_settings_["max_epochs"]
+
+
+def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Every method's scores on one split of `name` (the split and all training seeded by `seed`).
+
+    Returns the table (a row per method) and what the caption says about the data and budget.
+    """
+    import scanpy as sc  # noqa: F401  (import cost outside the timings)
+
+    from scbranchdiff.metrics import fit_expression_pca, label_transfer_accuracy
+
+    t0 = time.perf_counter()
+    adata, key = load_dataset(name, args.quick)
+    labels = adata.obs[key].astype(str).to_numpy()
+    sizes = pd.Series(labels).value_counts()
+    held = stratified_split(labels, 0.4, seed)
+    train = adata[~held].copy()
+    held_idx = np.flatnonzero(held)
+    half = stratified_split(labels[held_idx], 0.5, seed + 1)
+    ref, floor = adata[held_idx[~half]].copy(), adata[held_idx[half]].copy()
+    types = [t for t in adata.obs[key].astype("category").cat.categories if t in set(labels)]
+    groups = {"common": [t for t in types if sizes[t] >= RARE_CELLS], "rare": [t for t in types if sizes[t] < RARE_CELLS]}
+    counts = {t: int((ref.obs[key].astype(str) == t).sum()) for t in types}
+    counts = {t: n for t, n in counts.items() if n > 0}
+
+    ref_labels = ref.obs[key].astype(str).to_numpy()
+    outputs, fit_s, scvi_s, epochs = {}, {}, np.nan, np.nan
+    methods = []
+    if not args.peers_only:
+        outputs, fit_s, scvi_s, epochs = fit_ours(train, ref, floor, key, counts, args, seed)
+        methods = list(METHODS)
     if args.cfgen is not None:
         import _cfgen
 
@@ -237,11 +256,8 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
             budget = {"encoder_epochs": 2, "fm_epochs": 2} if args.quick else {}
             fit_s["cfgen"], gen = timed(lambda: _cfgen.fit_and_sample(train, key, counts, args.cfgen, seed=seed,
                                                                       **budget))
-            outputs["cfgen"] = (None, gen.obs[key], z_ref, ref_labels, gen)
+            outputs["cfgen"] = (None, gen.obs[key], None, ref_labels, gen)
             methods.append("cfgen")
-
-    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=seed))
-    outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
 
     space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=seed)
     pcs_ref = space.transform(ref)
@@ -251,8 +267,6 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
         z, zl, zr, rl, gen = outputs[method]
         auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, seed) if z is not None
                    else pd.Series(np.nan, index=types))
-        if method in ("decoded_real", "real"):
-            auc_lat[:] = per_type_auc(z_ref, ref_labels, z_floor, floor_labels, types, seed)
         auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, seed)
         acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
         lat, pca = group_mean(auc_lat, groups), group_mean(auc_pca, groups)
@@ -267,12 +281,12 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
         }
     table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
     table.index.name = "method"
-    epochs = branched.train_settings_["max_epochs"]
     info = {
         "n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_types": len(types), "n_rare": len(groups["rare"]),
         "n_rare_scored": sum(1 for t in groups["rare"] if counts.get(t, 0) >= 5),
         "n_train": train.n_obs, "n_ref": ref.n_obs, "n_floor": floor.n_obs, "epochs": epochs,
         "steps": epochs * int(np.ceil(train.n_obs / BATCH_SIZE)), "scvi_s": scvi_s, "total_s": time.perf_counter() - t0,
+        "cfgen_s": fit_s.get("cfgen", np.nan),
     }
     return table, info
 
@@ -284,8 +298,9 @@ def caption(name: str, info: dict, seeds) -> str:
         f"**{name}**: {info['n_cells']} cells x {info['n_genes']} genes, {info['n_types']} types "
         f"({info['n_rare']} rare, {info['n_rare_scored']} of them with >= 5 reference cells); "
         f"{info['n_train']} training / {info['n_ref']} reference / {info['n_floor']} floor cells; "
-        f"{info['epochs']} epochs = {info['steps']} steps per diffusion model; "
-        f"shared scVI {info['scvi_s']:.0f} s (not in fit_s); {info['total_s']:.0f} s in all"
+        + (f"{info['epochs']} epochs = {info['steps']} steps per diffusion model; "
+           f"shared scVI {info['scvi_s']:.0f} s (not in fit_s); " if np.isfinite(info["epochs"]) else "")
+        + f"{info['total_s']:.0f} s in all"
         + (f" (mean over seeds {', '.join(map(str, seeds))})." if len(seeds) > 1 else f"; seed {seeds[0]}.")
     )
 
@@ -315,12 +330,20 @@ def main(argv=None) -> None:
     parser.add_argument("--n-steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     parser.add_argument("--cfgen", default=None, metavar="PATH",
                         help="a checkout of theislab/CFGen: also train and score CFGen (skipped when absent)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="only the peers (--cfgen), on the same splits; merge with the others' --raw files")
     parser.add_argument("--raw", default=None, help="write every (dataset, seed, method) row to this CSV file")
     parser.add_argument("--from-csv", nargs="+", default=None,
                         help="make the tables from the --raw files of earlier runs instead of running")
     parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     parser.add_argument("--section", default="quality", help="the docs section to write (default: quality)")
     args = parser.parse_args(argv)
+    if args.peers_only:
+        import _cfgen
+
+        why_not = _cfgen.available(args.cfgen)
+        if why_not:
+            parser.error(f"--peers-only needs a peer to run: {why_not}")
     quick = {"steps": 30, "width": 32, "latent_epochs": 2, "scanvi_epochs": 1, "n_steps": 10}
     for name, full in (("latent_epochs", 50), ("scanvi_epochs", 10)):
         if getattr(args, name) is None:
@@ -349,7 +372,10 @@ def main(argv=None) -> None:
     for name, part in raw.groupby("dataset", sort=False):
         table = summarise(part)
         info = part.drop(columns=["dataset", "seed", "method"]).mean(numeric_only=True).to_dict()
-        info.update({k: int(round(info[k])) for k in info if k.startswith("n_") or k in ("epochs", "steps")})
+        ours = part[part["method"] != "cfgen"]  # the time in all of a run without peers (when there is one)
+        info["total_s"] = (ours if len(ours) else part)["total_s"].mean()
+        info.update({k: int(round(info[k])) for k in info if (k.startswith("n_") or k in ("epochs", "steps"))
+                     and np.isfinite(info[k])})
         table.attrs["caption"] = caption(name, info, part["seed"])
         tables[name] = table
         print(f"\n## {name}\n{table.attrs['caption']}\n\n{table.to_string()}\n", flush=True)
