@@ -12,16 +12,17 @@ FAST = {"enable_progress_bar": False, "enable_model_summary": False}
 def _fitted_scvi(adata, seed: int) -> np.ndarray:
     backend = sbd.latent.SCVILatent(n_latent=5)
     labels = adata.obs["bulk_labels"].astype(str).to_numpy()
-    import lightning.pytorch as pl
+    import torch
 
-    pl.seed_everything(0, verbose=False)  # the same global state: only `seed` differs
+    torch.rand(seed + 3)  # whatever ran before in the session: only `seed` may matter
     backend.fit(adata, labels, layer="counts", seed=seed, max_epochs=2, **FAST)
     return backend.encode(adata)
 
 
 def test_scvi_backend_is_reproducible_for_a_seed_and_follows_it():
-    # scvi-tools splits train/validation cells with its global seed (None by default): without
-    # our seeded split the same seed gave another latent in every call
+    # scvi-tools splits train/validation cells with its global seed (None by default) and draws
+    # weights and minibatches from torch's global generator: without our seeded split and
+    # generator the same seed gave another latent in every call
     adata = sbd.data.pbmc68k()[:300].copy()
     first, again, other = _fitted_scvi(adata, 0), _fitted_scvi(adata, 0), _fitted_scvi(adata, 1)
     np.testing.assert_array_equal(first, again)

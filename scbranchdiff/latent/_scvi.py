@@ -133,6 +133,10 @@ class SCVILatent(LatentBackend):
             self.setup_args = {"layer": layer, "batch_key": batch_key}
             minimal = self._scvi_adata(adata, layer, batch_key)
             scvi.model.SCVI.setup_anndata(minimal, batch_key=batch_key)
+            # the weights' initialisation and the minibatch order come from torch's global
+            # generator: seeded here, the same `seed` gives the same scVI whatever ran before
+            # (`BranchedDiffusion.train` seeds it with `seed` already, so its results are unchanged)
+            torch.manual_seed(seed)
             self.model = scvi.model.SCVI(minimal, n_latent=self._n_latent, **self.scvi_kwargs)
             self.model.train(
                 max_epochs=max_epochs,
