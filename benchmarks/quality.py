@@ -159,7 +159,8 @@ def peer_scores(ref, gen, key: str, seed: int) -> dict[str, float]:
 def fit_ours(train, ref, floor, key: str, counts: dict[str, int], args, seed: int):
     """Branched, flat, GMM, scANVI and the decoded/real floors on one shared scVI.
 
-    Returns (outputs, fit_s, scvi_s, epochs): outputs[method] = (latent, latent labels, latent
+    Returns (outputs, fit_s, scvi_s, epochs): outputs[method] = a list, one entry per generation
+    draw (``args.draws`` of them; one for the real floors), of (latent, latent labels, latent
     reference, reference labels, AnnData of cells).
     """
     import scbranchdiff as sbd
@@ -194,25 +195,33 @@ def fit_ours(train, ref, floor, key: str, counts: dict[str, int], args, seed: in
     ref_labels = ref.obs[key].astype(str).to_numpy()
     floor_labels = floor.obs[key].astype(str).to_numpy()
 
-    outputs = {}  # method -> (latent, latent labels, latent reference, ref labels, AnnData)
+    # each draw: fresh cells from the same trained methods (a rare type's score from one draw of
+    # a dozen cells is noisy: draws average that noise out; seeds add the training's variation)
+    draws = [seed + 1000 * k for k in range(args.draws)]
+    outputs = {method: [] for method in ("branched", "flat", "gmm", "scanvi")}
     for method, model in (("branched", branched), ("flat", flat)):
-        gen = model.generate(counts, **sampler)
-        outputs[method] = (gen.obsm["X_latent"], gen.obs[key], z_ref, ref_labels, gen)
+        for s in draws:
+            gen = model.generate(counts, **{**sampler, "seed": s})
+            outputs[method].append((gen.obsm["X_latent"], gen.obs[key], z_ref, ref_labels, gen))
 
-    def gmm():
-        z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, seed)
-        return z, t, branched.decode_latent(z, t, seed=seed)
+    def gmm(s: int):
+        z, t = gmm_sample(z_train, data_b.obs[key].astype(str).to_numpy(), counts, s)
+        return z, t, branched.decode_latent(z, t, seed=s)
 
-    fit_s["gmm"], (z, t, gen) = timed(gmm)
-    outputs["gmm"] = (z, t, z_ref, ref_labels, gen)
+    fit_s["gmm"], _ = timed(lambda: gmm(seed))
+    for s in draws:
+        z, t, gen = gmm(s)
+        outputs["gmm"].append((z, t, z_ref, ref_labels, gen))
 
     fit_s["scanvi"], scanvi = timed(lambda: train_scanvi(backend, data_b, key, args.scanvi_epochs, seed))
-    z_s, gen = scanvi_sample(scanvi, backend, counts, key, train.var, seed)
     z_ref_s = scanvi.get_latent_representation(scanvi_minimal(scanvi, ref, key))
-    outputs["scanvi"] = (z_s, gen.obs[key], z_ref_s, ref_labels, gen)
+    for s in draws:
+        z_s, gen = scanvi_sample(scanvi, backend, counts, key, train.var, s)
+        outputs["scanvi"].append((z_s, gen.obs[key], z_ref_s, ref_labels, gen))
 
-    outputs["decoded_real"] = (z_floor, floor_labels, z_ref, ref_labels, branched.decode_latent(z_floor, floor_labels, seed=seed))
-    outputs["real"] = (z_floor, floor_labels, z_ref, ref_labels, floor)
+    decoded = branched.decode_latent(z_floor, floor_labels, seed=seed)
+    outputs["decoded_real"] = [(z_floor, floor_labels, z_ref, ref_labels, decoded)]
+    outputs["real"] = [(z_floor, floor_labels, z_ref, ref_labels, floor)]
 
     return outputs, fit_s, scvi_s, branched.train_settings_["max_epochs"]
 
@@ -256,7 +265,7 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
             budget = {"encoder_epochs": 2, "fm_epochs": 2} if args.quick else {}
             fit_s["cfgen"], gen = timed(lambda: _cfgen.fit_and_sample(train, key, counts, args.cfgen, seed=seed,
                                                                       **budget))
-            outputs["cfgen"] = (None, gen.obs[key], None, ref_labels, gen)
+            outputs["cfgen"] = [(None, gen.obs[key], None, ref_labels, gen)]
             methods.append("cfgen")
 
     space = fit_expression_pca(train, n_pcs=30, layer="counts", is_counts=True, seed=seed)
@@ -264,21 +273,22 @@ def run_dataset(name: str, args, seed: int) -> tuple[pd.DataFrame, dict]:
     acc_ref = label_transfer_accuracy(train, ref, key, layer="counts", is_counts=True, seed=seed)
     rows = {}
     for method in methods:
-        z, zl, zr, rl, gen = outputs[method]
-        auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, seed) if z is not None
-                   else pd.Series(np.nan, index=types))
-        auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, seed)
-        acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
-        lat, pca = group_mean(auc_lat, groups), group_mean(auc_pca, groups)
-        num, den = group_mean(acc, groups), group_mean(acc_ref, groups)
-        rows[method] = {
-            "auc_latent": lat["common"], "auc_latent_rare": lat["rare"],
-            "auc_pca": pca["common"], "auc_pca_rare": pca["rare"],
-            "label_ratio": num["common"] / den["common"] if den["common"] else np.nan,
-            "label_ratio_rare": num["rare"] / den["rare"] if den["rare"] else np.nan,
-            **peer_scores(ref, gen, key, seed),
-            "fit_s": fit_s.get(method, np.nan),
-        }
+        scores = []
+        for z, zl, zr, rl, gen in outputs[method]:
+            auc_lat = (per_type_auc(zr, rl, np.asarray(z), zl, types, seed) if z is not None
+                       else pd.Series(np.nan, index=types))
+            auc_pca = per_type_auc(pcs_ref, ref_labels, space.transform(gen), gen.obs[key], types, seed)
+            acc = label_transfer_accuracy(train, gen, key, layer="counts", is_counts=True, seed=seed)
+            lat, pca = group_mean(auc_lat, groups), group_mean(auc_pca, groups)
+            num, den = group_mean(acc, groups), group_mean(acc_ref, groups)
+            scores.append({
+                "auc_latent": lat["common"], "auc_latent_rare": lat["rare"],
+                "auc_pca": pca["common"], "auc_pca_rare": pca["rare"],
+                "label_ratio": num["common"] / den["common"] if den["common"] else np.nan,
+                "label_ratio_rare": num["rare"] / den["rare"] if den["rare"] else np.nan,
+                **peer_scores(ref, gen, key, seed),
+            })
+        rows[method] = {**pd.DataFrame(scores).mean().to_dict(), "fit_s": fit_s.get(method, np.nan)}
     table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
     table.index.name = "method"
     info = {
@@ -320,6 +330,8 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="one split and one training per seed; tables give mean +- SEM over seeds")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="generation draws per trained method (scores are their mean; CFGen: one draw)")
     parser.add_argument("--quick", action="store_true", help="tiny data and budgets (smoke test)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimiser steps of both diffusion models (default: the package's)")
@@ -391,7 +403,8 @@ def main(argv=None) -> None:
                     f"{'the default' if args.width is None else args.width}, sampler "
                     f"{args.sampler or 'the default'}{'' if args.n_steps is None else f' with {args.n_steps} steps'}; "
                     f"shared scVI {args.latent_epochs} epochs; scANVI {args.scanvi_epochs} epochs from that scVI. "
-                    "Every seed draws its own split and trains every method anew; cells are mean +- SEM over seeds.")
+                    f"Every seed draws its own split and trains every method anew; each trained method generates {args.draws} "
+                    "time(s) (scores: the mean over draws; CFGen and the floors: one); cells are mean +- SEM over seeds.")
         if "cfgen" in set(raw["method"]):
             import _cfgen
 
