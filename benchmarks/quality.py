@@ -403,8 +403,10 @@ def main(argv=None) -> None:
                     f"{'the default' if args.width is None else args.width}, sampler "
                     f"{args.sampler or 'the default'}{'' if args.n_steps is None else f' with {args.n_steps} steps'}; "
                     f"shared scVI {args.latent_epochs} epochs; scANVI {args.scanvi_epochs} epochs from that scVI. "
-                    f"Every seed draws its own split and trains every method anew; each trained method generates {args.draws} "
-                    "time(s) (scores: the mean over draws; CFGen and the floors: one); cells are mean +- SEM over seeds.")
+                    "Every seed draws its own split and trains every method anew; "
+                    + ("each run's generation draws are as its command says"
+                       if args.from_csv else f"each trained method generates {args.draws} time(s)")
+                    + " (scores: the mean over draws; CFGen and the floors: one); cells are mean +- SEM over seeds.")
         if "cfgen" in set(raw["method"]):
             import _cfgen
 
