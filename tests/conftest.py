@@ -103,14 +103,14 @@ def simulated_pca_model(simulated):
 
 @pytest.fixture(scope="session")
 def pbmc_facs_split():
-    """FACS-sorted PBMC (../shared/data), 1,000 HVGs, 25% of each type held out."""
+    """FACS-sorted PBMC (../shared/data), 500 HVGs, 25% of each type held out."""
     import anndata as ad
     import scanpy as sc
 
     adata = ad.read_h5ad(shared_file("pbmc_facs.h5ad"))
     adata.layers["counts"] = adata.X.copy()
     logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
-    sc.pp.highly_variable_genes(logged, n_top_genes=1000)
+    sc.pp.highly_variable_genes(logged, n_top_genes=500)
     adata = adata[:, logged.var["highly_variable"].to_numpy()].copy()
     test = stratified_split(adata.obs["celltype"], 0.25, seed=0)
     return adata[~test].copy(), adata[test].copy()

@@ -74,7 +74,13 @@ def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
     assert train_header == ["heads", "train_cells_per_s", "bare_step_cells_per_s", "ms_per_step", "loop_overhead",
                             "unit_bare_steps_per_step", "peak_mem_mb"]
     assert [r[0] for r in train_rows] == ["branched", "flat", "branched / flat"]
-    assert "speed-up of shared prefixes" in out
+    prefix_header, *prefix_rows = _table(out, "prefix")
+    assert prefix_header == ["seconds", "network_rows"]
+    rows = {" ".join(r[:-2]): float(r[-1]) for r in prefix_rows}
+    # one call per type repeats the shared branches: more rows, and the ratio is their quotient
+    assert rows["branched, one call per type"] > rows["branched, all types in one call"] > 0
+    assert rows["speed-up of shared prefixes"] == pytest.approx(
+        rows["branched, one call per type"] / rows["branched, all types in one call"], rel=1e-3)
     # the unit of cost: one bare step of the plain MLP takes milliseconds, not seconds
     assert 1e-5 < common.bare_step_seconds(n_steps=5, repeats=1) < 1.0
 
