@@ -14,7 +14,8 @@ Sections:
    step (loss, backward, AdamW; no Lightning), which isolates what the heads cost.
 2. ``generate``: cells/s of ``generate`` (SDE, 500 steps; latents only), branched and flat.
 3. ``shared prefix``: all types in one call (each branch segment integrated once) vs one call
-   per type, same cells and steps.
+   per type, same cells and steps; and the rows each sends through the network (cells x steps),
+   whose ratio bounds the speed-up where arithmetic is the cost.
 4. ``samplers``: time and quality (kNN two-sample AUC in the latent against held-out real cells,
    mean over types; 0.5 = indistinguishable) of SDE and ODE at several step counts.
 5. ``continual``: a branched model trained on 7 types, then ``add_cell_types`` with the 8th,
