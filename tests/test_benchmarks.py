@@ -76,7 +76,7 @@ def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
     assert [r[0] for r in train_rows] == ["branched", "flat", "branched / flat"]
     prefix_header, *prefix_rows = _table(out, "prefix")
     assert prefix_header == ["seconds", "network_rows"]
-    rows = {" ".join(r[:-2]): float(r[-1]) for r in prefix_rows}
+    rows = {r[0]: float(r[-1]) for r in prefix_rows}
     # one call per type repeats the shared branches: more rows, and the ratio is their quotient
     assert rows["branched, one call per type"] > rows["branched, all types in one call"] > 0
     assert rows["speed-up of shared prefixes"] == pytest.approx(
