@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..hierarchy._discovery import group_moments
+
 
 def _sqrt_spd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Square root and inverse square root of a symmetric positive definite matrix."""
@@ -85,12 +87,6 @@ def class_moments(z: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> 
     A class with one cell gets zero covariance; one without cells the moments of all of `z`.
     """
     labels = np.asarray(labels).astype(str)
-    d = z.shape[1]
     z = np.asarray(z, dtype=np.float64)
-    means = np.empty((len(classes), d))
-    covs = np.empty((len(classes), d, d))
-    for k, name in enumerate(classes):
-        rows = z[labels == name] if (labels == name).any() else z
-        means[k] = rows.mean(axis=0)
-        covs[k] = np.cov(rows, rowvar=False).reshape(d, d) if len(rows) > 1 else np.zeros((d, d))
+    means, covs = group_moments([z[labels == name] if (labels == name).any() else z for name in classes])
     return means.astype(np.float32), covs.astype(np.float32)

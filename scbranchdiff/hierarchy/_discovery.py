@@ -439,15 +439,25 @@ def _cosine_crossovers(
     return _first_crossing(crossed, grid)
 
 
+def group_moments(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (K x d) and sample covariance (K x d x d) of each of K groups of rows.
+
+    Computed in the groups' own precision; a group with one row gets zero covariance. Shared
+    with transmutation's class moments (``diffusion._transport.class_moments``).
+    """
+    d = groups[0].shape[1]
+    means = np.stack([g.mean(axis=0) for g in groups])
+    covs = np.stack([np.cov(g, rowvar=False).reshape(d, d) if len(g) > 1 else np.zeros((d, d)) for g in groups])
+    return means, covs
+
+
 def _gaussian_crossovers(
     groups: list[np.ndarray], grid: np.ndarray, sde: MarginalCoefficients, delta: float
 ) -> np.ndarray:
     """First t at which the Bayes error lower bound of the noised Gaussians reaches 1/2 - delta."""
     k = len(groups)
     d = groups[0].shape[1]
-    means = np.stack([g.mean(axis=0) for g in groups])
-    covs = np.stack([np.cov(g, rowvar=False).reshape(d, d) if len(g) > 1 else np.zeros((d, d))
-                     for g in groups])
+    means, covs = group_moments(groups)
     # A tiny ridge keeps log-determinants finite at t = 0 for rank-deficient classes.
     ridge = 1e-8 * max(float(np.mean(np.diagonal(covs, axis1=1, axis2=2))), 1.0)
     covs = covs + ridge * np.eye(d)
