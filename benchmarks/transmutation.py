@@ -69,7 +69,7 @@ def within_type_correlation(source, out) -> float:
     return float(np.mean([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(a.shape[1])]))
 
 
-def run_dataset(name: str, seed: int, quick: bool):
+def run_dataset(name: str, seed: int, quick: bool, n_latent: int | None = None):
     import numpy as np
     import pandas as pd
 
@@ -79,7 +79,8 @@ def run_dataset(name: str, seed: int, quick: bool):
     held = stratified_split(adata.obs[key], HELD_OUT, seed)
     train, test = adata[~held].copy(), adata[held].copy()
     sbd.model.BranchedDiffusion.setup_anndata(train, labels_key=key, layer="counts")
-    model = sbd.model.BranchedDiffusion(train, **({"n_hidden": 64} if quick else {}))
+    options = ({"n_hidden": 64} if quick else {}) | ({} if n_latent is None else {"n_latent": n_latent})
+    model = sbd.model.BranchedDiffusion(train, **options)
     quiet = {"enable_progress_bar": False}
     start = time.perf_counter()
     model.train(seed=seed, **({"max_epochs": 30, "latent_max_epochs": 30} if quick else {}), **quiet)
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["pbmc_facs", "pbmc68k", "paul15", "simulated"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="simulated data, tiny model")
+    parser.add_argument("--n-latent", type=int, default=None,
+                        help="latent dimensions (default: the package's); the docs section gets its own name")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     single_thread()
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     pd.set_option("display.width", 250)
     datasets = ["simulated"] if args.quick else args.datasets
     for name in datasets:
-        table, info = run_dataset(name, args.seed, args.quick)
+        table, info = run_dataset(name, args.seed, args.quick, args.n_latent)
         caption = (f"**{name}**: {info['cells']} cells, {info['types']} types, {info['held_out']} held out "
                    f"(seed {args.seed}); training {info['train_s']:.0f} s, all transmutations "
                    f"{info['transmute_s']:.0f} s.")
@@ -176,7 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(table), flush=True)
         if args.write_docs and not args.quick:  # written as each dataset finishes
             command = f"{COMMAND} --datasets {name} --seed {args.seed}"
-            write_section(f"{SECTION}-{name}", f"{header(command)}\n{caption}\n\n{markdown(table)}\n\n{summary(table)}\n")
+            section = f"{SECTION}-{name}"
+            if args.n_latent is not None:
+                command += f" --n-latent {args.n_latent}"
+                section += f"-latent{args.n_latent}"
+            write_section(section, f"{header(command)}\n{caption}\n\n{markdown(table)}\n\n{summary(table)}\n")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,22 @@ def test_quick_benchmarks_print_their_tables(scripts, capsys, tmp_path):
     common.write_section("quality", "table 2", page)
     text = page.read_text()
     assert "kept" in text and "table 2" in text and "table 1" not in text
+
+
+def test_scvi_stage_profile_splits_loop_from_model_arithmetic(monkeypatch):
+    """benchmarks/scvi_stage.py times scvi-tools' loop and a plain loop of the same module."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import scvi_stage
+
+    try:
+        row = scvi_stage.run_dataset("simulated", quick=True, epochs=3, n_steps=10)
+    finally:
+        for name in ("_common", "scvi_stage"):
+            sys.modules.pop(name, None)
+    # two epochs after the first are timed: 702 training cells in batches of 128, 6 steps each
+    assert row["steps_timed"] == 12
+    assert row["scvi_tools_ms"] > 0 and row["plain_ms"] > 0
+    assert row["loop_overhead"] == pytest.approx(row["scvi_tools_ms"] / row["plain_ms"])
+    # the ZINB likelihood's lgamma/digamma and the linear layers are found in the profile
+    assert 0 < row["gamma_share"] < 1 and 0 < row["matmul_share"] < 1
+    assert row["gamma_share"] + row["matmul_share"] < 1
