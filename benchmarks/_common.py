@@ -30,11 +30,22 @@ MIN_TYPE_CELLS = 10  # types with fewer cells are dropped from a real dataset (b
 
 
 def single_thread() -> None:
-    """One BLAS/OpenMP/torch thread (the dev machine is shared; set before heavy imports)."""
+    """One BLAS/OpenMP/torch thread (the dev machine is shared; set before heavy imports).
+
+    numba's threading layer is started here, before torch's thread count is set: started later
+    (by scanpy's highly-variable-gene selection, say), its OpenMP layer resets the pool that
+    torch uses to every core (a script that loaded pbmc_facs then trained on two threads).
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     import torch
 
+    try:
+        import numba
+    except ImportError:
+        pass
+    else:
+        numba.get_num_threads()  # launches its threads now, once per process
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     warnings.filterwarnings("ignore")
     import logging
