@@ -104,7 +104,7 @@ def test_integer_categories_work_and_are_named_by_their_text(adata):
 
 
 def test_labels_equal_as_text_are_refused(adata):
-    values = adata.obs["cell_type"].cat.codes.astype(object).to_numpy()
+    values = adata.obs["cell_type"].cat.codes.astype(object).to_numpy(copy=True)
     values[0] = str(values[1])  # 0 and "0": two categories that print the same
     adata.obs["cell_type"] = pd.Categorical(values)
     with pytest.raises(ValueError, match="equal as text"):

@@ -18,6 +18,7 @@ import warnings
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -203,6 +204,12 @@ def test_atomic_file_without_overwrite_never_replaces_a_file_created_meanwhile(t
 
 
 # ---------------------------------------------------------------- 3. atomic writes, full disks
+def _small_anndata() -> ad.AnnData:
+    """2 x 2 cells with object-dtype names: anndata 0.12 refuses to write pandas 3's string index."""
+    names = pd.Index(["a", "b"], dtype=object)
+    return ad.AnnData(np.ones((2, 2), dtype=np.float32), obs=pd.DataFrame(index=names), var=pd.DataFrame(index=names))
+
+
 def _disk_full():
     return OSError(errno.ENOSPC, "No space left on device")
 
@@ -220,7 +227,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 def test_transmute_overwrite_on_a_full_disk_keeps_the_previous_file(tiny, saved, data_file, tmp_path,
                                                                     monkeypatch, capsys):
     out = tmp_path / "transmuted.h5ad"
-    ad.AnnData(np.ones((2, 2), dtype=np.float32)).write_h5ad(out)
+    _small_anndata().write_h5ad(out)
     previous = out.read_bytes()
 
     def write_until_full(self, filename, *args, **kwargs):
@@ -330,7 +337,7 @@ def test_saved_files_follow_the_umask(tiny, tmp_path, umask, dir_mode, file_mode
     try:
         tiny.save(tmp_path / "model")
         with _io.atomic_file(tmp_path / "cells.h5ad", overwrite=False) as tmp:
-            ad.AnnData(np.ones((2, 2), dtype=np.float32)).write_h5ad(tmp)
+            _small_anndata().write_h5ad(tmp)
     finally:
         os.umask(previous)
     assert (tmp_path / "model").stat().st_mode & 0o777 == dir_mode

@@ -63,10 +63,10 @@ def counts(types, n_per_type: int, *, seed: int, prefix: str, n_genes: int = 30)
     labels = np.repeat(list(types), n_per_type)
     obs = pd.DataFrame(
         {"cell_type": pd.Categorical(labels, categories=list(dict.fromkeys(types)))},
-        index=[f"{prefix}{i}" for i in range(len(labels))],
+        index=pd.Index([f"{prefix}{i}" for i in range(len(labels))], dtype=object),
     )
-    adata = ad.AnnData(x.astype(np.float32), obs=obs)
-    adata.var_names = [f"gene{i}" for i in range(n_genes)]
+    var = pd.DataFrame(index=pd.Index([f"gene{i}" for i in range(n_genes)], dtype=object))
+    adata = ad.AnnData(x.astype(np.float32), obs=obs, var=var)
     return adata
 
 

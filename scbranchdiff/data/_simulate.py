@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._frames import plain_strings
+
 Tree = Mapping | Sequence
 
 DEFAULT_TREE: dict = {
@@ -202,8 +204,8 @@ def simulate_hierarchy(
 
     adata = AnnData(
         X=sp.csr_matrix(counts, dtype=np.float32),
-        obs=_annotation(paths, type_of_cell, state, batch, n_batches, library),
-        var=_gene_programs(n_genes, program_genes),
+        obs=plain_strings(_annotation(paths, type_of_cell, state, batch, n_batches, library)),
+        var=plain_strings(_gene_programs(n_genes, program_genes)),
     )
     adata.layers["counts"] = adata.X.copy()
     adata.uns["simulation"] = {

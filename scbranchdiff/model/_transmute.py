@@ -19,9 +19,10 @@ import torch
 from anndata import AnnData
 
 from .._checks import check_positive_int, check_time, gene_indexer
+from .._frames import plain_strings
 from ..diffusion import SAMPLERS
 from ..diffusion._transport import class_moments
-from ._generation import DEFAULT_SAMPLER, _resolve_seed, cells_bar, plain_strings
+from ._generation import DEFAULT_SAMPLER, _resolve_seed, cells_bar
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
