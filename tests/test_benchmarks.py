@@ -5,12 +5,25 @@ Trains tiny models only (a few dozen steps each, width 32-256): about 40 s on 2 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def own_threads(monkeypatch):
+    """The scripts set one thread for torch and BLAS (`_common.single_thread`): undone after each test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))  # restored by monkeypatch
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
