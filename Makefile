@@ -62,7 +62,7 @@ pandas3:
 	$(PANDAS3_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(PANDAS3_VENV)/bin/python -m pip install -q ".[test]"
 	$(PANDAS3_VENV)/bin/python -m pip install -q --no-deps "pandas>=3"
-	$(PANDAS3_VENV)/bin/python -c "import pandas; assert pandas.__version__ >= '3', pandas.__version__"
+	$(PANDAS3_VENV)/bin/python -c "import pandas; assert int(pandas.__version__.split('.')[0]) >= 3, pandas.__version__"
 	MPLBACKEND=Agg $(PANDAS3_VENV)/bin/pytest -q -p no:cacheprovider $(PANDAS3_TESTS)
 
 clean:
